@@ -1,0 +1,1 @@
+"""Projections: pure folds of the event log and their RocksDB store."""

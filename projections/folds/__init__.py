@@ -1,0 +1,1 @@
+"""Pure folds: (state, event) -> (store ops, outputs). No I/O, no clock."""

@@ -1,0 +1,1 @@
+"""RocksDB storage of projections: column families, key layouts, atomic batches."""

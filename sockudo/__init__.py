@@ -1,0 +1,1 @@
+"""sockudo-py: a Sockudo-compatible realtime node on an append-only log."""

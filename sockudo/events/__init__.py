@@ -1,0 +1,1 @@
+"""Typed events and their Avro codec (a leaf package)."""

@@ -1,0 +1,1 @@
+"""Signed HTTP API edge."""

@@ -1,0 +1,1 @@
+"""Append-only log backends behind one contract."""

@@ -1,0 +1,164 @@
+"""The append-only log contract (spec 05 §8.2) shared by every backend.
+
+Every backend (memory, embedded RocksDB, Kafka) passes the same contract suite in
+``tests/contract/test_log_contract.py``. The log is the only way state changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from sockudo.errors import (
+    AppendOutcomeUnknown,
+    LogError,
+    LogUnavailable,
+    OffsetOutOfRange,
+    RecordTooLarge,
+    TopicMismatch,
+    UnknownTopic,
+)
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "AppendOutcomeUnknown",
+    "AppendResult",
+    "EventLog",
+    "LogError",
+    "LogReader",
+    "LogRecord",
+    "LogUnavailable",
+    "OffsetOutOfRange",
+    "RecordTooLarge",
+    "TopicMismatch",
+    "TopicSpec",
+    "UnknownTopic",
+]
+
+MAX_RECORD_BYTES = 1_048_576
+"""Largest value a backend accepts (`max.message.bytes` on Kafka, `max_record_bytes` embedded)."""
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an acknowledged record landed."""
+
+    partition: int
+    """Partition the record was written to."""
+    offset: int
+    """Offset the record got (0-based, increasing per partition)."""
+    timestamp_ms: int
+    """Log-append time of the record (non-decreasing per partition)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One record read back from the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    """Log-append time; the fold uses it as "now"."""
+    key: bytes | None
+    value: bytes | None
+    """``None`` is a tombstone (compacted topics only)."""
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic the node needs: its full name, partition count and config."""
+
+    name: str
+    partitions: int
+    config: Mapping[str, str]
+
+    @property
+    def cleanup_policy(self) -> str:
+        return self.config.get("cleanup.policy", "delete")
+
+
+@runtime_checkable
+class LogReader(Protocol):
+    """Reads records of one topic from explicit per-partition positions."""
+
+    async def poll(self, max_records: int, timeout_ms: int) -> list[LogRecord]:
+        """Return up to ``max_records`` records in offset order per partition.
+
+        Waits up to ``timeout_ms`` when every assigned partition is at its end, returning as
+        soon as a record arrives; returns ``[]`` on timeout. Raises ``OffsetOutOfRange`` when a
+        position is below the partition's log start (records were deleted before being read).
+        """
+        ...
+
+    def position(self, partition: int) -> int:
+        """The next offset this reader will return for ``partition``."""
+        ...
+
+    async def seek(self, partition: int, offset: int) -> None:
+        """Move the position of ``partition`` (assigning it if needed)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """A partitioned, append-only, durable log of records."""
+
+    async def start(self) -> None:
+        """Open connections / files. Must be called before any other method."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what was acknowledged and release resources."""
+        ...
+
+    async def ensure_topic(self, name: str, partitions: int, config: Mapping[str, str]) -> None:
+        """Create the topic if absent. Idempotent.
+
+        Raises ``TopicMismatch`` when it exists with another partition count or cleanup policy.
+        """
+        ...
+
+    async def partitions(self, topic: str) -> int:
+        """Partition count of ``topic``; ``UnknownTopic`` if it does not exist."""
+        ...
+
+    async def append(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers = (),
+        *,
+        timeout_ms: int,
+    ) -> AppendResult:
+        """Append one record and return only once it is durable.
+
+        Raises ``RecordTooLarge`` (nothing written), ``LogUnavailable`` (nothing written) or
+        ``AppendOutcomeUnknown`` (may have been written). Concurrent appends are batched by the
+        backend; appends to one partition from one task keep call order.
+        """
+        ...
+
+    async def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        """``(log_start, end)``: the first readable offset and the next offset to be written."""
+        ...
+
+    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
+        """First offset whose timestamp is ``>= ts_ms``, or ``None`` past the end."""
+        ...
+
+    async def delete_records(self, topic: str, partition: int, before_offset: int) -> int:
+        """Move the log start to ``before_offset`` (retention); returns the new log start."""
+        ...
+
+    def reader(self, topic: str, positions: Mapping[int, int]) -> LogReader:
+        """A reader over the given partitions, starting at the given offsets."""
+        ...

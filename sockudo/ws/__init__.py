@@ -1,0 +1,1 @@
+"""WebSocket edge (protocol issues)."""

@@ -1,0 +1,1 @@
+"""sockudo-tools: the operator CLI."""
