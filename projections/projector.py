@@ -1,0 +1,168 @@
+"""Applies a batch of log records to the folds and commits state plus checkpoints atomically.
+
+The projector owns no I/O loop: the node's consumer (``sockudo/node/consumer.py``) and
+``sockudo-tools rebuild`` both read the log and hand batches here. A record that cannot be
+decoded stalls its partition: the fold never skips a record (spec 05 §6.1 rule 5, §7.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from projections.folds.channel import RecordContext, fold
+from projections.folds.state import IGNORED, Delivery, Outcome
+from projections.store import keys
+from projections.store.kv import Overlay
+from projections.store.rocks import FOLD_VERSION, Checkpoint, ProjectionStore, Stall
+from sockudo.errors import CodecError
+from sockudo.events.channel import (
+    HistoryPurged,
+    HistoryReset,
+    MessagePublished,
+    PartitionGenesis,
+    PartitionRebased,
+    StreamStateMarked,
+)
+from sockudo.log.base import LogRecord
+
+STALL_TRUNCATED = "projection_log_truncated"
+STALL_UNDECODABLE = "projection_stalled_unknown_schema"
+STALL_AHEAD = "projection_ahead_of_log"
+
+Decoder = Callable[[LogRecord], object]
+Partitioner = Callable[[bytes, int], int]
+
+_CHANNEL_EVENTS = (
+    MessagePublished,
+    HistoryReset,
+    HistoryPurged,
+    StreamStateMarked,
+    PartitionRebased,
+    PartitionGenesis,
+)
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """Where the fold of one partition stands on this node."""
+
+    position: int
+    last_timestamp_ms: int | None
+    stall: Stall | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one committed batch produced, for waiters and live fanout."""
+
+    outcomes: dict[tuple[int, int], Outcome] = field(default_factory=dict)
+    deliveries: list[Delivery] = field(default_factory=list)
+    stalled: dict[int, Stall] = field(default_factory=dict)
+    applied: int = 0
+
+
+class Projector:
+    """Folds ``channel-events`` records into a :class:`ProjectionStore`."""
+
+    def __init__(
+        self,
+        store: ProjectionStore,
+        topic: str,
+        partitions: int,
+        decode: Decoder,
+        partitioner: Partitioner,
+    ) -> None:
+        self.store = store
+        self.topic = topic
+        self.partitions = partitions
+        self._decode = decode
+        self._partitioner = partitioner
+        self.state: dict[int, PartitionState] = {}
+        for p in range(partitions):
+            ckpt = store.checkpoint(topic, p)
+            self.state[p] = PartitionState(
+                position=ckpt.position if ckpt else 0,
+                last_timestamp_ms=ckpt.last_timestamp_ms if ckpt else None,
+                stall=store.stall(topic, p),
+            )
+
+    def stalled(self) -> dict[int, Stall]:
+        return {p: s.stall for p, s in self.state.items() if s.stall is not None}
+
+    def mark_stalled(self, partition: int, stall: Stall) -> None:
+        """Record a node-local stall (checkpoint behind log start, projection ahead of log)."""
+        self.state[partition].stall = stall
+        self.store.write({}, {keys.stall_key(self.topic, partition): stall.encode()})
+
+    def clear_stall(self, partition: int) -> None:
+        self.state[partition].stall = None
+        self.store.write({}, {keys.stall_key(self.topic, partition): None})
+
+    def apply(
+        self,
+        records: Iterable[LogRecord],
+        positions_after: Mapping[int, int] | None = None,
+        *,
+        now_ms: int = 0,
+    ) -> BatchResult:
+        """Fold ``records`` (offset order per partition) and commit them in one write batch.
+
+        ``positions_after`` are the reader's positions after the batch; they may lie past the
+        last record (transaction markers, compacted gaps) and become the checkpoints.
+        ``now_ms`` only stamps stall records; the fold itself uses record times.
+        """
+        overlay = Overlay(self.store)
+        result = BatchResult()
+        touched: set[int] = set()
+        for rec in records:
+            st = self.state[rec.partition]
+            if st.stall is not None or rec.offset < st.position:
+                continue
+            try:
+                event = self._decode(rec)
+            except CodecError as exc:
+                st.stall = Stall(STALL_UNDECODABLE, rec.offset, str(exc), now_ms)
+                result.stalled[rec.partition] = st.stall
+                touched.add(rec.partition)
+                continue
+            ctx = RecordContext(
+                topic=self.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                timestamp_ms=rec.timestamp_ms,
+                previous_timestamp_ms=st.last_timestamp_ms,
+                partitions=self.partitions,
+                partitioner=self._partitioner,
+            )
+            if isinstance(event, _CHANNEL_EVENTS):
+                folded = fold(overlay, ctx, event)
+                outcome = folded.outcome
+                result.deliveries.extend(folded.deliveries)
+            else:
+                # Families folded by later projections (presence, versions, ...) still move
+                # the checkpoint; their outcome says nobody here interpreted them.
+                outcome = Outcome(kind=IGNORED, details={"type": type(event).__name__})
+            result.outcomes[(rec.partition, rec.offset)] = outcome
+            st.position = rec.offset + 1
+            st.last_timestamp_ms = rec.timestamp_ms
+            touched.add(rec.partition)
+            result.applied += 1
+
+        if positions_after:
+            for p, pos in positions_after.items():
+                st = self.state[p]
+                if st.stall is None and pos > st.position:
+                    st.position = pos
+                    touched.add(p)
+
+        meta: dict[bytes, bytes | None] = {}
+        for p in touched:
+            st = self.state[p]
+            meta[keys.checkpoint_key(self.topic, p)] = Checkpoint(
+                st.position, st.last_timestamp_ms, FOLD_VERSION
+            ).encode()
+            if st.stall is not None:
+                meta[keys.stall_key(self.topic, p)] = st.stall.encode()
+        self.store.write(overlay.changes(), meta)
+        return result

@@ -1,0 +1,98 @@
+"""Key layouts of the projection column families (spec 05 §7.1).
+
+Integers are big-endian unsigned so byte order equals numeric order; ``CK`` is
+``app ‖ 0x00 ‖ channel ‖ 0x00`` so one channel's keys are one contiguous range.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_U32U64 = struct.Struct(">IQ")
+
+# Column families of the projection database. ``meta`` holds checkpoints and node-local health.
+META = "meta"
+STREAMS = "streams"
+HISTORY = "history"
+HISTORY_TS = "history_ts"
+OFFSETS = "offsets"
+DEDUP = "dedup"
+IDEM = "idem"
+
+COLUMN_FAMILIES: tuple[str, ...] = (META, STREAMS, HISTORY, HISTORY_TS, OFFSETS, DEDUP, IDEM)
+"""Every column family; ``tools rebuild --verify`` compares all of them except ``meta``."""
+
+
+def u32(n: int) -> bytes:
+    return _U32.pack(n)
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def read_u64(b: bytes, at: int = 0) -> int:
+    return int(_U64.unpack_from(b, at)[0])
+
+
+def channel_prefix(app_id: str, channel: str) -> bytes:
+    """``CK``: the prefix of every key of one channel."""
+    return app_id.encode() + b"\x00" + channel.encode() + b"\x00"
+
+
+def split_channel_prefix(ck: bytes) -> tuple[str, str]:
+    app, channel, _ = ck.split(b"\x00", 2)
+    return app.decode(), channel.decode()
+
+
+def history_key(ck: bytes, generation: int, serial: int) -> bytes:
+    return ck + _U32.pack(generation) + _U64.pack(serial)
+
+
+def history_gen_prefix(ck: bytes, generation: int) -> bytes:
+    return ck + _U32.pack(generation)
+
+
+def history_ts_key(ck: bytes, generation: int, ts_ms: int, serial: int) -> bytes:
+    return ck + _U32.pack(generation) + _U64.pack(ts_ms) + _U64.pack(serial)
+
+
+def offset_key(partition: int, offset: int) -> bytes:
+    return _U32U64.pack(partition, offset)
+
+
+def dedup_key(partition: int, event_id: str) -> bytes:
+    return _U32.pack(partition) + event_id.encode()
+
+
+def idem_key(app_id: str, ns: str, key: str, channel: str) -> bytes:
+    return app_id.encode() + b"\x00" + f"{ns}:{key}".encode() + b"\x00" + channel.encode()
+
+
+def idem_prefix(app_id: str, ns: str, key: str) -> bytes:
+    return app_id.encode() + b"\x00" + f"{ns}:{key}".encode() + b"\x00"
+
+
+def checkpoint_key(topic: str, partition: int) -> bytes:
+    return f"ckpt/{topic}/".encode() + _U32.pack(partition)
+
+
+def stall_key(topic: str, partition: int) -> bytes:
+    return f"stall/{topic}/".encode() + _U32.pack(partition)
+
+
+def genesis_key(topic: str, partition: int) -> bytes:
+    return f"genesis/{topic}/".encode() + _U32.pack(partition)
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with ``prefix``."""
+    b = bytearray(prefix)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return b"\xff" * 64

@@ -1,0 +1,193 @@
+"""The projection database: one RocksDB per node, a column family per projection.
+
+Every batch of folded records is written with its checkpoints in one ``WriteBatch``, so after a
+crash the stored checkpoint names exactly the first record whose effects are missing
+(spec 05 §7.3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+
+from projections.store import keys
+
+_CKPT = struct.Struct(">QqI")
+
+FOLD_VERSION = 1
+"""Bump whenever fold output changes: a projection written by another version is rebuilt."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """First offset not yet applied, the last applied record's time, and who wrote it."""
+
+    position: int
+    last_timestamp_ms: int | None
+    fold_version: int
+
+    def encode(self) -> bytes:
+        ts = -1 if self.last_timestamp_ms is None else self.last_timestamp_ms
+        return _CKPT.pack(self.position, ts, self.fold_version)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Checkpoint:
+        position, ts, version = _CKPT.unpack(raw)
+        return cls(position, None if ts < 0 else ts, version)
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A partition this node stopped folding, and why (node-local, spec 05 §7.4)."""
+
+    reason: str
+    offset: int | None
+    detail: str
+    since_ms: int
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"reason": self.reason, "offset": self.offset, "detail": self.detail, "since_ms": self.since_ms}
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Stall:
+        d = json.loads(raw)
+        return cls(d["reason"], d["offset"], d["detail"], d["since_ms"])
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    return opts
+
+
+class ProjectionStore:
+    """RocksDB-backed projection state; implements the read side of the fold's KV surface."""
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only:
+            if not self.path.exists():
+                raise FileNotFoundError(f"no projection database at {self.path}")
+            self._db = Rdict(str(self.path), Options(raw_mode=True), access_type=AccessType.read_only())
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            cfs = {name: Options(raw_mode=True) for name in keys.COLUMN_FAMILIES}
+            self._db = Rdict(str(self.path), _options(), column_families=cfs)
+        self._cfs = {name: self._db.get_column_family(name) for name in keys.COLUMN_FAMILIES}
+        self._handles = {name: self._db.get_column_family_handle(name) for name in keys.COLUMN_FAMILIES}
+        self._write_opts = WriteOptions()
+        self._write_opts.sync = False
+
+    # --- KVReader ---------------------------------------------------------------------------
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        value = self._cfs[cf].get(key)
+        return value if value is None else bytes(value)
+
+    def scan(
+        self, cf: str, start: bytes, end: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        it = self._cfs[cf].iter()
+        if reverse:
+            it.seek_for_prev(end)
+            if it.valid() and it.key() >= end:
+                it.prev()
+            while it.valid():
+                k = it.key()
+                if k < start:
+                    return
+                yield k, it.value()
+                it.prev()
+        else:
+            it.seek(start)
+            while it.valid():
+                k = it.key()
+                if k >= end:
+                    return
+                yield k, it.value()
+                it.next()
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def write(
+        self,
+        changes: Mapping[str, Mapping[bytes, bytes | None]],
+        meta: Mapping[bytes, bytes | None] | None = None,
+    ) -> None:
+        """Apply fold changes and their checkpoints atomically."""
+        wb = WriteBatch(raw_mode=True)
+        for cf, pairs in changes.items():
+            handle = self._handles[cf]
+            for k, v in pairs.items():
+                if v is None:
+                    wb.delete(k, handle)
+                else:
+                    wb.put(k, v, handle)
+        if meta:
+            handle = self._handles[keys.META]
+            for k, v in meta.items():
+                if v is None:
+                    wb.delete(k, handle)
+                else:
+                    wb.put(k, v, handle)
+        self._db.write(wb, self._write_opts)
+
+    # --- meta -------------------------------------------------------------------------------
+
+    def checkpoint(self, topic: str, partition: int) -> Checkpoint | None:
+        raw = self.get(keys.META, keys.checkpoint_key(topic, partition))
+        return Checkpoint.decode(raw) if raw is not None else None
+
+    def stall(self, topic: str, partition: int) -> Stall | None:
+        raw = self.get(keys.META, keys.stall_key(topic, partition))
+        return Stall.decode(raw) if raw is not None else None
+
+    def projection_info(self) -> dict[str, object] | None:
+        raw = self.get(keys.META, b"projection")
+        return json.loads(raw) if raw is not None else None
+
+    def set_projection_info(self, info: dict[str, object]) -> None:
+        self.write({}, {b"projection": json.dumps(info, sort_keys=True).encode()})
+
+    def is_empty(self) -> bool:
+        return all(next(iter(self._cfs[cf].keys()), None) is None for cf in keys.COLUMN_FAMILIES)
+
+    # --- verification -----------------------------------------------------------------------
+
+    def digests(self) -> dict[str, str]:
+        """SHA-256 per column family (``meta`` excluded), iterated in key order."""
+        out: dict[str, str] = {}
+        for cf in keys.COLUMN_FAMILIES:
+            if cf == keys.META:
+                continue
+            h = hashlib.sha256()
+            n = 0
+            for k, v in self._cfs[cf].items():
+                h.update(struct.pack(">I", len(k)) + k + struct.pack(">I", len(v)) + v)
+                n += 1
+            out[cf] = f"{h.hexdigest()}:{n}"
+        return out
+
+    def flush(self) -> None:
+        if not self.read_only:
+            self._db.flush_wal(True)
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
+
+    @staticmethod
+    def destroy(path: str | os.PathLike[str]) -> None:
+        shutil.rmtree(path, ignore_errors=True)
