@@ -19,6 +19,7 @@
     │   └── StreamNotHealthy (.state)    reads of a degraded / reset-required stream fail closed
     ├── PublishError                     the publish path after validation
     │   ├── IdempotencyConflict          key reused with another fingerprint
+    │   ├── Backpressure                 the local fold lags too far; nothing appended
     │   └── FoldTimeout                  appended, but the local fold did not reach it in time
     └── ApiError (.status, .code)        a request the HTTP edge rejects before touching the log
 """
@@ -114,6 +115,10 @@ class PublishError(SockudoError):
 
 class IdempotencyConflict(PublishError):
     """An idempotency key was reused with a different request fingerprint."""
+
+
+class Backpressure(PublishError):
+    """The local fold lags too far behind the log; nothing was appended."""
 
 
 class FoldTimeout(PublishError):

@@ -1,0 +1,1 @@
+"""Read models over the projection store (no writes)."""

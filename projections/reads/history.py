@@ -1,0 +1,250 @@
+"""Channel history read model: pages, continuity and stream state (spec 03 §2.4, §3.1, §3.2).
+
+Reads only; the fold is the only writer. A stream that is not healthy, or whose partition this
+node cannot prove continuity for, fails closed with :class:`StreamNotHealthy`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from projections.folds.state import HEALTHY, RESET_REQUIRED, HistoryRow, StreamHead
+from projections.store import keys
+from projections.store.kv import KVReader
+from projections.store.rocks import Stall
+from sockudo.errors import ApiError, StreamNotHealthy
+
+NEWEST_FIRST = "newest_first"
+OLDEST_FIRST = "oldest_first"
+MAX_CURSOR_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """A validated history page request."""
+
+    limit: int
+    direction: str = NEWEST_FIRST
+    cursor: str | None = None
+    start_serial: int | None = None
+    end_serial: int | None = None
+    start_time_ms: int | None = None
+    end_time_ms: int | None = None
+
+    def bounds(self) -> dict[str, int | None]:
+        return {
+            "start_serial": self.start_serial,
+            "end_serial": self.end_serial,
+            "start_time_ms": self.start_time_ms,
+            "end_time_ms": self.end_time_ms,
+        }
+
+
+def read_head(kv: KVReader, app_id: str, channel: str) -> StreamHead | None:
+    raw = kv.get(keys.STREAMS, keys.channel_prefix(app_id, channel))
+    return StreamHead.decode(raw) if raw is not None else None
+
+
+def stream_state(head: StreamHead | None, stall: Stall | None, node_id: str) -> dict[str, Any]:
+    """The ``stream_state`` object; a node-local stall overrides the folded state."""
+    if stall is not None:
+        state, reason, at = "degraded", stall.reason, stall.since_ms
+        node: str | None = node_id
+        observed = "local_projection"
+    else:
+        state = head.durable_state if head else HEALTHY
+        reason = head.reason if head else None
+        at = head.last_transition_at_ms if head else None
+        node = None
+        observed = "event_log"
+    return {
+        "stream_id": head.stream_id if head else None,
+        "durable_state": state,
+        "recovery_allowed": state == HEALTHY,
+        "reset_required": state == RESET_REQUIRED,
+        "reason": reason,
+        "node_id": node,
+        "last_transition_at_ms": at,
+        "authoritative_source": "event_log",
+        "observed_source": observed,
+    }
+
+
+def retained(head: StreamHead | None) -> dict[str, Any]:
+    return {
+        "stream_id": head.stream_id if head else None,
+        "retained_messages": head.retained_count if head else 0,
+        "retained_bytes": head.retained_bytes if head else 0,
+        "oldest_available_serial": head.oldest_serial if head else None,
+        "newest_available_serial": head.newest_serial if head else None,
+        "oldest_available_published_at_ms": head.oldest_ts if head else None,
+        "newest_available_published_at_ms": head.newest_ts if head else None,
+    }
+
+
+def stream_summary(
+    kv: KVReader, app_id: str, channel: str, stall: Stall | None, node_id: str
+) -> dict[str, Any]:
+    """The ``stream`` object of ``GET …/history/state`` (and of ``inspect-stream``)."""
+    head = read_head(kv, app_id, channel)
+    return {
+        "stream_id": head.stream_id if head else None,
+        "next_serial": head.next_h if head else None,
+        "retained": retained(head),
+        "state": stream_state(head, stall, node_id),
+    }
+
+
+def encode_cursor(payload: dict[str, Any]) -> str:
+    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "invalid_input", message)
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    if len(cursor.encode()) > MAX_CURSOR_BYTES:
+        raise _invalid("History cursor exceeds 16 KiB")
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise _invalid(f"Invalid history cursor: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("serial"), int):
+        raise _invalid("Invalid history cursor: malformed payload")
+    if data.get("version") != 1:
+        raise _invalid(f"Unsupported history cursor version: {data.get('version')}")
+    return data
+
+
+def read_page(
+    kv: KVReader,
+    app_id: str,
+    channel: str,
+    query: HistoryQuery,
+    *,
+    stall: Stall | None,
+    node_id: str,
+) -> dict[str, Any]:
+    """One page of ``GET …/history``; raises ``StreamNotHealthy`` or ``ApiError(400)``."""
+    cursor = decode_cursor(query.cursor) if query.cursor is not None else None
+    head = read_head(kv, app_id, channel)
+    state = stream_state(head, stall, node_id)
+    if state["durable_state"] != HEALTHY:
+        raise StreamNotHealthy(state)
+
+    after: int | None = None
+    if cursor is not None:
+        for name, expected in (
+            ("app", app_id),
+            ("channel", channel),
+            ("direction", query.direction),
+            ("bounds", query.bounds()),
+        ):
+            field_name = "app_id" if name == "app" else name
+            if cursor.get(field_name) != expected:
+                raise _invalid(f"History cursor {name} does not match the request")
+        if head is None or cursor.get("stream_id") != head.stream_id:
+            raise _invalid("Expired history cursor: channel stream changed")
+        if head.oldest_serial is not None and cursor["serial"] < head.oldest_serial:
+            raise _invalid("Expired history cursor: cursor points before retained history")
+        after = int(cursor["serial"])
+
+    newest_first = query.direction == NEWEST_FIRST
+    items: list[dict[str, Any]] = []
+    has_more = False
+    if head is not None and head.retained_count:
+        ck = keys.channel_prefix(app_id, channel)
+        gen = keys.history_gen_prefix(ck, head.generation)
+        lo = query.start_serial or 1
+        hi = query.end_serial
+        if after is not None:
+            if newest_first:
+                hi = after - 1 if hi is None else min(hi, after - 1)
+            else:
+                lo = max(lo, after + 1)
+        start_key = gen + keys.u64(lo)
+        end_key = gen + keys.u64(hi + 1) if hi is not None else keys.prefix_end(gen)
+        for key, raw in kv.scan(keys.HISTORY, start_key, end_key, reverse=newest_first):
+            row = HistoryRow.decode(raw)
+            ts = row.published_at_ms
+            if query.start_time_ms is not None and ts < query.start_time_ms:
+                if newest_first:
+                    break
+                continue
+            if query.end_time_ms is not None and ts > query.end_time_ms:
+                if newest_first:
+                    continue
+                break
+            if len(items) == query.limit:
+                has_more = True
+                break
+            serial = keys.read_u64(key, len(gen))
+            items.append(
+                {
+                    "stream_id": head.stream_id,
+                    "serial": serial,
+                    "published_at_ms": ts,
+                    "message_id": row.message.get("message_id"),
+                    "event_name": row.message.get("event"),
+                    "operation_kind": "append",
+                    "payload_size_bytes": row.size,
+                    "message": row.message,
+                }
+            )
+
+    next_cursor = None
+    if has_more and items:
+        next_cursor = encode_cursor(
+            {
+                "version": 1,
+                "app_id": app_id,
+                "channel": channel,
+                "stream_id": head.stream_id if head else None,
+                "serial": items[-1]["serial"],
+                "direction": query.direction,
+                "bounds": query.bounds(),
+            }
+        )
+    truncated = _truncated_by_retention(head, query)
+    continuity = {
+        "stream_id": head.stream_id if head else None,
+        "oldest_available_serial": head.oldest_serial if head else None,
+        "newest_available_serial": head.newest_serial if head else None,
+        "oldest_available_published_at_ms": head.oldest_ts if head else None,
+        "newest_available_published_at_ms": head.newest_ts if head else None,
+        "retained_messages": head.retained_count if head else 0,
+        "retained_bytes": head.retained_bytes if head else 0,
+        "complete": not has_more and not truncated,
+        "truncated_by_retention": truncated,
+    }
+    return {
+        "items": items,
+        "direction": query.direction,
+        "limit": query.limit,
+        "has_more": has_more,
+        "next_cursor": next_cursor,
+        "bounds": query.bounds(),
+        "continuity": continuity,
+        "stream_state": state,
+    }
+
+
+def _truncated_by_retention(head: StreamHead | None, q: HistoryQuery) -> bool:
+    if head is None or head.evicted_through_serial is None:
+        return False
+    if q.start_serial is None and q.start_time_ms is None:
+        return True
+    if q.start_serial is not None and q.start_serial <= head.evicted_through_serial:
+        return True
+    return (
+        q.start_time_ms is not None
+        and head.evicted_through_time_ms is not None
+        and q.start_time_ms <= head.evicted_through_time_ms
+    )

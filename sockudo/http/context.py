@@ -1,0 +1,26 @@
+"""What HTTP handlers may reach: settings, the services facade and a clock (no stores, no log)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from sockudo.config import Settings
+from sockudo.node.services import ChannelService
+
+
+@dataclass(slots=True)
+class HttpContext:
+    settings: Settings
+    channels: ChannelService
+    clock: Callable[[], float] = time.time
+    draining: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def context(request: Request) -> HttpContext:
+    ctx: HttpContext = request.app.state.ctx
+    return ctx

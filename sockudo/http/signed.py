@@ -1,0 +1,49 @@
+"""Reading a signed API request: bounded body, raw path, signature check (spec 01 §4)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from sockudo import auth
+from sockudo.config import AppConfig
+from sockudo.errors import ApiError
+from sockudo.http.context import HttpContext
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes without buffering them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", "Request body is too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", "Request body is too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def raw_path(request: Request) -> str:
+    """The path exactly as received (still percent-encoded), which is what clients sign."""
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes | bytearray) else request.url.path
+    return path.split("?", 1)[0]
+
+
+async def authenticate(
+    request: Request, ctx: HttpContext, route_app_id: str | None
+) -> tuple[AppConfig, bytes]:
+    """Verify the signature; return the app and the body. Rejections have no side effects."""
+    body = await read_body(request, ctx.settings.http_request_limit_bytes)
+    app = auth.verify_api_request(
+        method=request.method,
+        raw_path=raw_path(request),
+        query_string=request.scope.get("query_string", b""),
+        body=body,
+        settings=ctx.settings,
+        now=ctx.clock(),
+        route_app_id=route_app_id,
+    )
+    return app, body

@@ -1,0 +1,44 @@
+"""Builds the Starlette application of a node and wires every route to the services facade."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from sockudo.errors import SockudoError
+from sockudo.http import events, health, history
+from sockudo.http.context import HttpContext
+from sockudo.http.errors import handle_exception, not_found
+from sockudo.node.services import ChannelService
+
+
+def build_app(channels: ChannelService, *, clock: Callable[[], float] = time.time) -> Starlette:
+    routes = [
+        Route("/live", health.live, methods=["GET"]),
+        Route("/up", health.up, methods=["GET"]),
+        Route("/up/{app_id}", health.up_app, methods=["GET"]),
+        Route("/apps/{app_id}/events", events.publish_events, methods=["POST"]),
+        Route(
+            "/apps/{app_id}/channels/{channel}/history", history.get_history, methods=["GET"]
+        ),
+        Route(
+            "/apps/{app_id}/channels/{channel}/history/state",
+            history.get_history_state,
+            methods=["GET"],
+        ),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            SockudoError: handle_exception,
+            Exception: handle_exception,
+            404: not_found,
+            HTTPException: not_found,
+        },
+    )
+    app.state.ctx = HttpContext(settings=channels.settings, channels=channels, clock=clock)
+    return app

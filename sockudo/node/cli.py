@@ -1,0 +1,134 @@
+"""``sockudo-node``: run a node on the embedded log (default) or Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+from prometheus_client import make_asgi_app
+
+from sockudo.config import Settings, load_settings
+from sockudo.errors import ConfigError
+from sockudo.metrics import REGISTRY
+from sockudo.node.app import build_app
+from sockudo.node.runtime import Runtime
+from sockudo.node.services import ChannelService
+
+log = logging.getLogger("sockudo.node")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sockudo-node",
+        description=(
+            "A Sockudo-compatible realtime node on an append-only log. Every option also reads "
+            "its environment variable (shown in brackets); command-line values win."
+        ),
+    )
+    p.add_argument("--config", help="TOML (or JSON) configuration file")
+    p.add_argument("--host", help="listen address [HOST] (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="main port [PORT] (default 6001)")
+    p.add_argument("--metrics-host", help="metrics listen address [METRICS_HOST]")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port [METRICS_PORT] (default 9601)")
+    p.add_argument(
+        "--log",
+        dest="log_backend",
+        choices=["embedded", "kafka"],
+        help="event-log backend [SOCKUDO_LOG] (default embedded)",
+    )
+    p.add_argument(
+        "--kafka-bootstrap",
+        dest="kafka_bootstrap_servers",
+        help="Kafka bootstrap servers [KAFKA_BOOTSTRAP_SERVERS or SOCKUDO_KAFKA_BOOTSTRAP]",
+    )
+    p.add_argument(
+        "--data-dir", help="embedded log and projection databases [SOCKUDO_DATA_DIR] (default ./data)"
+    )
+    p.add_argument("--node-id", help="node id in cluster and stream state [NODE_ID] (default hostname)")
+    p.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "metrics_host": args.metrics_host,
+            "metrics_port": args.metrics_port,
+            "log_backend": args.log_backend,
+            "kafka_bootstrap_servers": args.kafka_bootstrap_servers,
+            "data_dir": args.data_dir,
+            "node_id": args.node_id,
+        }.items()
+        if v is not None
+    }
+    return load_settings(args.config, overrides=overrides)
+
+
+async def run_node(settings: Settings) -> None:
+    runtime = Runtime(settings)
+    await runtime.start()
+    channels = ChannelService(runtime)
+    app = build_app(channels)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        app.state.ctx.draining = True
+
+    main_cfg = HypercornConfig()
+    main_cfg.bind = [f"{settings.host}:{settings.port}"]
+    main_cfg.graceful_timeout = float(settings.shutdown_grace_period)
+    main_cfg.accesslog = None
+    servers = [serve(app, main_cfg, shutdown_trigger=shutdown_trigger)]  # type: ignore[arg-type]
+    if settings.metrics_enabled:
+        metrics_cfg = HypercornConfig()
+        metrics_cfg.bind = [f"{settings.metrics_host}:{settings.metrics_port}"]
+        metrics_cfg.accesslog = None
+        servers.append(
+            serve(make_asgi_app(REGISTRY), metrics_cfg, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        )
+    log.info(
+        "sockudo-node %s listening on %s:%s (log=%s, data=%s, partitions=%s)",
+        runtime.incarnation,
+        settings.host,
+        settings.port,
+        settings.log_backend,
+        settings.data_dir,
+        runtime.partitions,
+    )
+    try:
+        await asyncio.gather(*servers)
+    finally:
+        await runtime.stop()
+        log.info("sockudo-node stopped cleanly")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"sockudo-node: configuration error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(run_node(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

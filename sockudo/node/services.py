@@ -1,0 +1,216 @@
+"""The facade the edges use: append commands as events, read projections.
+
+Handlers never touch RocksDB or the log directly: they call these services, which append
+an event, wait for this node's fold to pass its offset, and answer from the outcome
+(spec 05 §6.5, DESIGN "Serials are a fold").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from projections.folds.state import CONFLICT, Outcome
+from projections.reads import history as history_reads
+from projections.store import keys
+from sockudo.config import AppConfig, Settings
+from sockudo.errors import Backpressure, IdempotencyConflict
+from sockudo.events import codec
+from sockudo.events.channel import (
+    ChannelEvent,
+    Flags,
+    IdempotencyClaim,
+    MessagePublished,
+    Origin,
+    Retention,
+)
+from sockudo.log.partitioning import channel_key
+from sockudo.node.runtime import Runtime
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    """One validated message to append to one or more channels (the edge built it)."""
+
+    name: str
+    data: str
+    data_is_json: bool
+    channels: tuple[str, ...]
+    socket_id: str | None = None
+    idempotency_key: str | None = None
+    idempotency_ns: str = "e"
+    fingerprint: str | None = None
+    extras_json: str | None = None
+    tags: dict[str, str] | None = None
+    message_id: str | None = None
+    client_event: bool = False
+    user_id: str | None = None
+
+
+class ChannelService:
+    """Publishes channel events and reads channel projections for one node."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.settings: Settings = runtime.settings
+        self._appended_end: dict[int, int] = {}
+
+    # --- publish ----------------------------------------------------------------------------
+
+    def lag(self) -> int:
+        """Records this node appended that its fold has not applied yet (a cheap local bound)."""
+        runner = self.runtime.runner
+        if runner is None:
+            return 0
+        return sum(
+            max(0, end - runner.position(p)) for p, end in self._appended_end.items()
+        )
+
+    async def publish(self, app: AppConfig, req: PublishRequest) -> dict[str, Outcome]:
+        """Append one record per channel, wait for the fold, return the outcome per channel."""
+        if self.lag() > self.settings.projection_max_lag_records:
+            raise Backpressure("projection lags behind the log")
+        claim = self._claim(app, req)
+        if claim is not None:
+            self._check_app_wide_conflict(app, req, claim)
+        message_id = req.message_id or str(uuid.uuid4())
+        flags = Flags(persist=app_history_enabled(app, self.settings))
+        retention = Retention(
+            window_s=self.settings.history_retention_window_seconds,
+            max_count=self.settings.history_max_messages_per_channel,
+            max_bytes=self.settings.history_max_bytes_per_channel,
+        )
+        origin = Origin(
+            node=self.runtime.incarnation,
+            socket_id=req.socket_id,
+            user_id=req.user_id,
+            request_id=str(uuid.uuid4()),
+        )
+        events = [
+            MessagePublished(
+                event_id=str(uuid.uuid4()),
+                app_id=app.id,
+                channel=channel,
+                origin=origin,
+                message_id=message_id,
+                name=req.name,
+                data=req.data,
+                data_is_json=req.data_is_json,
+                extras_json=req.extras_json,
+                tags=req.tags,
+                flags=flags,
+                retention=retention,
+                idempotency=claim,
+                client_event=req.client_event,
+            )
+            for channel in req.channels
+        ]
+        outcomes = await asyncio.gather(*(self.append_and_wait(e) for e in events))
+        result = {e.channel: o for e, o in zip(events, outcomes, strict=True)}
+        if any(o.kind == CONFLICT for o in result.values()):
+            raise IdempotencyConflict("idempotency key was already used with a different payload")
+        return result
+
+    async def append_and_wait(self, event: ChannelEvent) -> Outcome:
+        """Append ``event`` to its channel's partition and wait for this node's fold of it."""
+        runtime = self.runtime
+        assert runtime.runner is not None, "runtime not started"
+        app_id = getattr(event, "app_id")  # noqa: B009 - every channel-scoped event has one
+        channel = getattr(event, "channel")  # noqa: B009
+        key = channel_key(app_id, channel)
+        partition = runtime.partition_of(app_id, channel)
+        encoded = codec.encode(event)
+        headers = (
+            *encoded.headers,
+            ("sk.node", runtime.incarnation.encode()),
+        )
+        # LogUnavailable / AppendOutcomeUnknown / RecordTooLarge propagate to the edge.
+        res = await runtime.log.append(
+            runtime.topic,
+            partition,
+            key,
+            encoded.value,
+            headers,
+            timeout_ms=self.settings.ack_timeout_ms,
+        )
+        self._appended_end[partition] = max(self._appended_end.get(partition, 0), res.offset + 1)
+        return await runtime.runner.wait_applied(
+            partition, res.offset, self.settings.fold_wait_timeout_ms / 1000
+        )
+
+    def _claim(self, app: AppConfig, req: PublishRequest) -> IdempotencyClaim | None:
+        if req.idempotency_key is None or not app_idempotency_enabled(app, self.settings):
+            return None
+        return IdempotencyClaim(
+            ns=req.idempotency_ns,
+            key=req.idempotency_key,
+            fingerprint=req.fingerprint or "",
+            ttl_ms=app_idempotency_ttl_s(app, self.settings) * 1000,
+        )
+
+    def _check_app_wide_conflict(
+        self, app: AppConfig, req: PublishRequest, claim: IdempotencyClaim
+    ) -> None:
+        """Keys are app-scoped: a live entry with another fingerprint anywhere is a conflict."""
+        store = self.runtime.store
+        assert store is not None
+        prefix = keys.idem_prefix(app.id, claim.ns, claim.key)
+        now_ms = int(time.time() * 1000)
+        for _key, raw in store.scan(keys.IDEM, prefix, keys.prefix_end(prefix)):
+            entry = json.loads(raw)
+            if entry["x"] > now_ms and entry["f"] != claim.fingerprint:
+                raise IdempotencyConflict(
+                    "idempotency key was already used with a different payload"
+                )
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def history_page(
+        self, app: AppConfig, channel: str, query: history_reads.HistoryQuery
+    ) -> dict[str, Any]:
+        store = self.runtime.store
+        assert store is not None
+        return history_reads.read_page(
+            store, app.id, channel, query, stall=self._stall(app.id, channel),
+            node_id=self.settings.node_id,
+        )
+
+    def history_state(self, app: AppConfig, channel: str) -> dict[str, Any]:
+        store = self.runtime.store
+        assert store is not None
+        return {
+            "channel": channel,
+            "stream": history_reads.stream_summary(
+                store, app.id, channel, self._stall(app.id, channel), self.settings.node_id
+            ),
+        }
+
+    def _stall(self, app_id: str, channel: str) -> Any:
+        runner = self.runtime.runner
+        if runner is None:
+            return None
+        return runner.projector.state[self.runtime.partition_of(app_id, channel)].stall
+
+    def stalled_partitions(self) -> Sequence[int]:
+        runner = self.runtime.runner
+        return sorted(runner.projector.stalled()) if runner else []
+
+
+def app_history_enabled(app: AppConfig, settings: Settings) -> bool:
+    override = app.history_enabled
+    return settings.history_enabled if override is None else override
+
+
+def app_idempotency_enabled(app: AppConfig, settings: Settings) -> bool:
+    override = app.idempotency_enabled
+    return settings.idempotency_enabled if override is None else override
+
+
+def app_idempotency_ttl_s(app: AppConfig, settings: Settings) -> int:
+    override = app.idempotency_ttl_seconds
+    return settings.idempotency_ttl_seconds if override is None else override
