@@ -10,20 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from projections.folds.channel import RecordContext, fold
+from projections.folds.channel import CHANNEL_EVENT_TYPES, ChannelState, RecordContext, fold
 from projections.folds.state import IGNORED, Delivery, Outcome
 from projections.store import keys
 from projections.store.kv import Overlay
 from projections.store.rocks import FOLD_VERSION, Checkpoint, ProjectionStore, Stall
 from sockudo.errors import CodecError
-from sockudo.events.channel import (
-    HistoryPurged,
-    HistoryReset,
-    MessagePublished,
-    PartitionGenesis,
-    PartitionRebased,
-    StreamStateMarked,
-)
 from sockudo.log.base import LogRecord
 
 STALL_TRUNCATED = "projection_log_truncated"
@@ -33,14 +25,6 @@ STALL_AHEAD = "projection_ahead_of_log"
 Decoder = Callable[[LogRecord], object]
 Partitioner = Callable[[bytes, int], int]
 
-_CHANNEL_EVENTS = (
-    MessagePublished,
-    HistoryReset,
-    HistoryPurged,
-    StreamStateMarked,
-    PartitionRebased,
-    PartitionGenesis,
-)
 
 
 @dataclass(slots=True)
@@ -113,6 +97,7 @@ class Projector:
         ``now_ms`` only stamps stall records; the fold itself uses record times.
         """
         overlay = Overlay(self.store)
+        channel_state = ChannelState(overlay)
         result = BatchResult()
         touched: set[int] = set()
         for rec in records:
@@ -135,8 +120,8 @@ class Projector:
                 partitions=self.partitions,
                 partitioner=self._partitioner,
             )
-            if isinstance(event, _CHANNEL_EVENTS):
-                folded = fold(overlay, ctx, event)
+            if isinstance(event, CHANNEL_EVENT_TYPES):
+                folded = fold(channel_state, ctx, event)
                 outcome = folded.outcome
                 result.deliveries.extend(folded.deliveries)
             else:
@@ -156,6 +141,7 @@ class Projector:
                     st.position = pos
                     touched.add(p)
 
+        channel_state.flush()
         meta: dict[bytes, bytes | None] = {}
         for p in touched:
             st = self.state[p]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from projections.folds.channel import CHANNEL_EVENT_TYPES, RecordContext, fold
+from projections.folds.channel import CHANNEL_EVENT_TYPES, ChannelState, RecordContext, fold
 from projections.folds.state import HistoryRow, StreamHead
 from projections.reads.history import read_head, stream_summary
 from projections.store import keys
@@ -63,7 +63,9 @@ def recompute(
             prev_ts = rec.timestamp_ms
             continue
         before = read_head(out.kv, app_id, channel)
-        result = fold(out.kv, ctx, event)
+        state = ChannelState(out.kv)
+        result = fold(state, ctx, event)
+        state.flush()
         after = read_head(out.kv, app_id, channel)
         if result.outcome.kind == "duplicate":
             out.duplicates_suppressed += 1

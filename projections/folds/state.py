@@ -1,13 +1,14 @@
 """Typed values the channel fold keeps: stream heads, history rows and per-offset outcomes.
 
-Values are stored as compact, key-sorted JSON so that two nodes folding the same log write
+Values are stored as compact JSON with a fixed key order so that two nodes folding the same log write
 byte-identical databases (``sockudo-tools rebuild --verify`` compares them).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+import struct
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 HEALTHY = "healthy"
@@ -15,13 +16,40 @@ DEGRADED = "degraded"
 RESET_REQUIRED = "reset_required"
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    """Compact JSON; callers build dicts in a fixed key order, so bytes are deterministic."""
+    return _ENCODER.encode(obj).encode()
 
 
-@dataclass(frozen=True, slots=True)
+_HEAD_FIELDS = (
+    "stream_id",
+    "generation",
+    "next_h",
+    "next_d",
+    "durable_state",
+    "reason",
+    "last_transition_at_ms",
+    "evicted_through_serial",
+    "evicted_through_time_ms",
+    "retained_count",
+    "retained_bytes",
+    "oldest_serial",
+    "oldest_ts",
+    "newest_serial",
+    "newest_ts",
+)
+
+
+@dataclass(slots=True)
 class StreamHead:
-    """The state of one channel's current stream generation (``streams`` CF)."""
+    """The state of one channel's current stream generation (``streams`` CF).
+
+    Mutable on purpose: the fold updates the cached head of a channel in place for every
+    record of a batch and encodes it once when the batch commits.
+    """
 
     stream_id: str
     generation: int
@@ -42,33 +70,47 @@ class StreamHead:
     newest_ts: int | None = None
 
     def encode(self) -> bytes:
-        return dumps(asdict(self))
+        return dumps({name: getattr(self, name) for name in _HEAD_FIELDS})
 
     @classmethod
     def decode(cls, raw: bytes) -> StreamHead:
         return cls(**json.loads(raw))
 
-    def with_(self, **changes: Any) -> StreamHead:
-        return replace(self, **changes)
+    def copy(self) -> StreamHead:
+        return replace(self)
+
+
+_ROW = struct.Struct(">QQ")
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryRow:
-    """One retained history row: the stored V2 wire message and where it came from."""
+    """One retained history row: the stored V2 wire message and where it came from.
 
-    message: dict[str, Any]
+    Stored as ``u64 published_at_ms ‖ u64 offset ‖ message JSON``; the JSON's byte length is
+    the row's ``payload_size_bytes`` and what byte retention counts.
+    """
+
+    message_json: bytes
     published_at_ms: int
     offset: int
-    size: int
-    """Byte length of the compact JSON of ``message`` (``payload_size_bytes``)."""
+
+    @property
+    def size(self) -> int:
+        return len(self.message_json)
+
+    @property
+    def message(self) -> dict[str, Any]:
+        msg: dict[str, Any] = json.loads(self.message_json)
+        return msg
 
     def encode(self) -> bytes:
-        return dumps({"m": self.message, "t": self.published_at_ms, "o": self.offset, "s": self.size})
+        return _ROW.pack(self.published_at_ms, self.offset) + self.message_json
 
     @classmethod
     def decode(cls, raw: bytes) -> HistoryRow:
-        d = json.loads(raw)
-        return cls(message=d["m"], published_at_ms=d["t"], offset=d["o"], size=d["s"])
+        ts, offset = _ROW.unpack_from(raw)
+        return cls(message_json=bytes(raw[_ROW.size :]), published_at_ms=ts, offset=offset)
 
 
 # Outcome kinds: what folding one record meant.
@@ -82,6 +124,18 @@ STATE_MARKED = "state_marked"
 REBASED = "rebased"
 GENESIS = "genesis"
 IGNORED = "ignored"
+
+
+_OUTCOME_FIELDS = (
+    "app_id",
+    "channel",
+    "message_id",
+    "stream_id",
+    "delivery_serial",
+    "history_serial",
+    "published_at_ms",
+    "duplicate_of",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +156,14 @@ class Outcome:
     """Kind-specific facts (previous stream id, purged counts, ...)."""
 
     def encode(self) -> bytes:
-        return dumps({k: v for k, v in asdict(self).items() if v is not None and v != {}})
+        out: dict[str, Any] = {"kind": self.kind}
+        for name in _OUTCOME_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.details:
+            out["details"] = self.details
+        return dumps(out)
 
     @classmethod
     def decode(cls, raw: bytes) -> Outcome:

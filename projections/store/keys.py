@@ -16,12 +16,11 @@ _U32U64 = struct.Struct(">IQ")
 META = "meta"
 STREAMS = "streams"
 HISTORY = "history"
-HISTORY_TS = "history_ts"
 OFFSETS = "offsets"
 DEDUP = "dedup"
 IDEM = "idem"
 
-COLUMN_FAMILIES: tuple[str, ...] = (META, STREAMS, HISTORY, HISTORY_TS, OFFSETS, DEDUP, IDEM)
+COLUMN_FAMILIES: tuple[str, ...] = (META, STREAMS, HISTORY, OFFSETS, DEDUP, IDEM)
 """Every column family; ``tools rebuild --verify`` compares all of them except ``meta``."""
 
 
@@ -53,10 +52,6 @@ def history_key(ck: bytes, generation: int, serial: int) -> bytes:
 
 def history_gen_prefix(ck: bytes, generation: int) -> bytes:
     return ck + _U32.pack(generation)
-
-
-def history_ts_key(ck: bytes, generation: int, ts_ms: int, serial: int) -> bytes:
-    return ck + _U32.pack(generation) + _U64.pack(ts_ms) + _U64.pack(serial)
 
 
 def offset_key(partition: int, offset: int) -> bytes:

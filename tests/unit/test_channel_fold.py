@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from projections.folds.channel import RecordContext, first_stream_id, fold, read_head
-from projections.folds.state import APPLIED, CONFLICT, DUPLICATE, EPHEMERAL, HistoryRow
+from projections.folds.channel import ChannelState, RecordContext, first_stream_id, fold
+from projections.folds.state import APPLIED, CONFLICT, DUPLICATE, EPHEMERAL, HistoryRow, StreamHead
 from projections.store import keys
 from projections.store.kv import MemoryKV, Overlay
 from sockudo.events.channel import (
@@ -55,12 +55,14 @@ def run(
     prev: int | None = None if start_offset == 0 else start_ts + (start_offset - 1) * step_ms
     for i in range(0, len(events), batch):
         overlay = Overlay(kv)
+        state = ChannelState(overlay)
         for j, ev in enumerate(events[i : i + batch], start=i):
             offset = start_offset + j
             ts = start_ts + offset * step_ms
             ctx = RecordContext("t", 0, offset, ts, prev, 1, partition_for)
-            results.append(fold(overlay, ctx, ev))
+            results.append(fold(state, ctx, ev))
             prev = ts
+        state.flush()
         for cf, pairs in overlay.changes().items():
             for k, v in pairs.items():
                 if v is None:
@@ -68,6 +70,11 @@ def run(
                 else:
                     kv.put(cf, k, v)
     return results
+
+
+def read_head(kv: MemoryKV, ck: bytes) -> StreamHead | None:
+    raw = kv.get(keys.STREAMS, ck)
+    return StreamHead.decode(raw) if raw is not None else None
 
 
 def snapshot(kv: MemoryKV) -> dict[str, list[tuple[bytes, bytes]]]:

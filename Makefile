@@ -1,0 +1,41 @@
+# Two entry points on a fresh machine: `make run` (start a node) and `make test` (everything).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run test lint typecheck kafka bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Start sockudo-node on the embedded log with the development app (ARGS="--port 7000" ...).
+run: setup
+	$(BIN)/sockudo-node $(ARGS)
+
+## Build the Kafka broker classpath from Maven Central (cached outside the repo).
+kafka:
+	tools/kafka-dev.sh install
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: setup
+	$(BIN)/mypy
+
+## Lint, type-check, then the whole suite (unit, contract, integration; real Kafka broker).
+test: setup kafka lint typecheck
+	SOCKUDO_KAFKA_AUTO_INSTALL=1 $(BIN)/pytest $(PYTEST_ARGS)
+
+bench: setup kafka
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data
