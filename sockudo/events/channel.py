@@ -59,7 +59,7 @@ class IdempotencyClaim:
 
 @dataclass(frozen=True, slots=True)
 class MessagePublished:
-    """A message was published to a channel (HTTP ``/events``, ``/batch_events`` or a client event)."""
+    """A message was published to a channel (HTTP ``/events``, ``/batch_events``, client events)."""
 
     TYPE: ClassVar[str] = "channel.publish"
 

@@ -1,4 +1,4 @@
-"""``POST /apps/{appId}/events``: validate, append, wait for the fold, answer (spec 01 §5.1)."""
+"""Publish routes: validate everything, append, wait for the fold, answer (spec 01 §5.1-5.2)."""
 
 from __future__ import annotations
 
@@ -32,35 +32,55 @@ async def publish_events(request: Request) -> Response:
     app_id = request.path_params["app_id"]
     app, body = await authenticate(request, ctx, app_id)
     cmd = publish_request.parse_events_body(
-        body,
-        app=app,
-        settings=ctx.settings,
-        idempotency_header=request.headers.get("x-idempotency-key"),
+        body, app, ctx.settings, idempotency_header=request.headers.get("x-idempotency-key")
     )
-    outcomes = await ctx.channels.publish(
-        app,
-        PublishRequest(
-            name=cmd.name,
-            data=cmd.data,
-            data_is_json=cmd.data_is_json,
-            channels=cmd.channels,
-            socket_id=cmd.socket_id,
-            idempotency_key=cmd.idempotency_key,
-            fingerprint=publish_request.fingerprint(cmd) if cmd.idempotency_key else None,
-            extras_json=cmd.extras_json,
-            tags=cmd.tags,
-            message_id=cmd.message_id,
-        ),
-    )
-    if not cmd.info and cmd.message_id is None:
+    outcomes = await ctx.channels.publish(app, _request(cmd))
+    if not cmd.wants_channel_response:
         return JSONResponse({})
-    channels: dict[str, Any] = {}
-    for channel, outcome in outcomes.items():
-        entry = ack(outcome)
-        # Subscriber counts come from the socket layer (protocol issue); none exist yet.
-        if "subscription_count" in cmd.info:
-            entry["subscription_count"] = 0
-        if "user_count" in cmd.info and is_presence_channel(channel):
-            entry["user_count"] = 0
-        channels[channel] = entry
-    return JSONResponse({"channels": channels})
+    return JSONResponse(
+        {"channels": {channel: _channel_entry(cmd, channel, o) for channel, o in outcomes.items()}}
+    )
+
+
+async def publish_batch(request: Request) -> Response:
+    """``POST /apps/{appId}/batch_events``: all items validated first, published in order."""
+    ctx = context(request)
+    app, body = await authenticate(request, ctx, request.path_params["app_id"])
+    batch = publish_request.parse_batch_events_body(
+        body, app, ctx.settings, idempotency_header=request.headers.get("x-idempotency-key")
+    )
+    slots: list[dict[str, Any]] = []
+    for cmd in batch.items:
+        outcomes = await ctx.channels.publish(app, _request(cmd))
+        first = cmd.channels[0]
+        slots.append(_channel_entry(cmd, first, outcomes[first]) if cmd.info_requested else {})
+    if not any(cmd.info_requested for cmd in batch.items):
+        return JSONResponse({})
+    return JSONResponse({"batch": slots})
+
+
+def _request(cmd: publish_request.PublishCommand) -> PublishRequest:
+    return PublishRequest(
+        name=cmd.name,
+        data=cmd.data,
+        data_is_json=cmd.data_is_json,
+        channels=cmd.channels,
+        socket_id=cmd.socket_id,
+        idempotency_key=cmd.idempotency_key,
+        fingerprint=publish_request.fingerprint(cmd) if cmd.idempotency_key else None,
+        extras_json=cmd.extras_json,
+        tags=cmd.tags,
+        message_id=cmd.message_id,
+    )
+
+
+def _channel_entry(
+    cmd: publish_request.PublishCommand, channel: str, outcome: Outcome
+) -> dict[str, Any]:
+    entry = ack(outcome)
+    # Subscriber counts come from the socket layer (protocol issue); there are none yet.
+    if "subscription_count" in cmd.info:
+        entry["subscription_count"] = 0
+    if "user_count" in cmd.info and is_presence_channel(channel):
+        entry["user_count"] = 0
+    return entry

@@ -1,6 +1,9 @@
-"""Channel history routes: ``GET …/history`` and ``GET …/history/state`` (spec 03 §3.1-3.2)."""
+"""Channel history routes: page, state, reset and purge (spec 03 §3.1-3.4)."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
@@ -12,7 +15,7 @@ from sockudo.config import AppConfig, Settings
 from sockudo.errors import ApiError
 from sockudo.http.context import HttpContext, context
 from sockudo.http.signed import authenticate
-from sockudo.node.services import app_history_enabled
+from sockudo.node.services import StreamControl, app_history_enabled
 
 _DIRECTIONS = {
     "newest_first": NEWEST_FIRST,
@@ -109,3 +112,112 @@ async def get_history_state(request: Request) -> Response:
     ctx = context(request)
     app, channel = await _channel(request, ctx)
     return JSONResponse(ctx.channels.history_state(app, channel))
+
+
+def _confirmed_body(body: bytes, channel: str, operation: str) -> dict[str, Any]:
+    """The confirmation fields shared by reset and purge (spec 03 §3.3)."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        raise _invalid("Request body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise _invalid("Request body must be a JSON object")
+    if data.get("confirm_channel") != channel:
+        raise _invalid("confirm_channel must exactly match the channel path")
+    if data.get("confirm_operation") != operation:
+        raise _invalid(f"confirm_operation must be '{operation}'")
+    reason = data.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise _invalid("reason must not be empty")
+    requested_by = data.get("requested_by")
+    if requested_by is not None and not isinstance(requested_by, str):
+        raise _invalid("requested_by must be a string")
+    return data
+
+
+async def _control(request: Request) -> tuple[HttpContext, AppConfig, str, bytes]:
+    ctx = context(request)
+    app, body = await authenticate(request, ctx, request.path_params["app_id"])
+    channel = request.path_params["channel"]
+    validate_channel_name(channel, app, ctx.settings)
+    if not app_history_enabled(app, ctx.settings):
+        raise ApiError(
+            422,
+            "feature_disabled",
+            f"Durable history is disabled by policy for channel '{channel}'",
+        )
+    return ctx, app, channel, body
+
+
+async def post_history_reset(request: Request) -> Response:
+    ctx, app, channel, body = await _control(request)
+    data = _confirmed_body(body, channel, "reset")
+    outcome = await StreamControl(ctx.channels).reset(
+        app, channel, data["reason"], data.get("requested_by")
+    )
+    return JSONResponse(
+        {
+            "ok": True,
+            "operation": "reset",
+            "channel": channel,
+            "reason": data["reason"],
+            "requested_by": data.get("requested_by"),
+            "previous_stream_id": outcome.details.get("previous_stream_id"),
+            "new_stream_id": outcome.stream_id,
+            "purged_messages": outcome.details.get("purged_messages", 0),
+            "purged_bytes": outcome.details.get("purged_bytes", 0),
+            "stream": ctx.channels.history_state(app, channel)["stream"],
+        }
+    )
+
+
+def _opt_int(data: dict[str, Any], name: str) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid(f"{name} must be an integer")
+    return value
+
+
+async def post_history_purge(request: Request) -> Response:
+    ctx, app, channel, body = await _control(request)
+    data = _confirmed_body(body, channel, "purge")
+    mode = data.get("mode")
+    before_serial = _opt_int(data, "before_serial")
+    before_time_ms = _opt_int(data, "before_time_ms")
+    if mode == "all":
+        if before_serial is not None or before_time_ms is not None:
+            raise _invalid("Purge mode 'all' does not accept bounds")
+    elif mode == "before_serial":
+        if before_serial is None or before_time_ms is not None:
+            raise _invalid("Purge mode 'before_serial' requires before_serial only")
+    elif mode == "before_time_ms":
+        if before_time_ms is None or before_serial is not None:
+            raise _invalid("Purge mode 'before_time_ms' requires before_time_ms only")
+    else:
+        raise _invalid("mode must be one of: all, before_serial, before_time_ms")
+    outcome = await StreamControl(ctx.channels).purge(
+        app,
+        channel,
+        mode=mode,
+        before_serial=before_serial,
+        before_time_ms=before_time_ms,
+        reason=data["reason"],
+        requested_by=data.get("requested_by"),
+    )
+    return JSONResponse(
+        {
+            "ok": True,
+            "operation": "purge",
+            "channel": channel,
+            "mode": mode,
+            "before_serial": before_serial,
+            "before_time_ms": before_time_ms,
+            "reason": data["reason"],
+            "requested_by": data.get("requested_by"),
+            "purged_messages": outcome.details.get("purged_messages", 0),
+            "purged_bytes": outcome.details.get("purged_bytes", 0),
+            "stream": ctx.channels.history_state(app, channel)["stream"],
+        }
+    )

@@ -25,11 +25,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def raw_path(request: Request) -> str:
+def raw_path(request: Request) -> bytes:
     """The path exactly as received (still percent-encoded), which is what clients sign."""
     raw = request.scope.get("raw_path")
-    path = raw.decode("latin-1") if isinstance(raw, bytes | bytearray) else request.url.path
-    return path.split("?", 1)[0]
+    if isinstance(raw, bytes | bytearray):
+        return bytes(raw).split(b"?", 1)[0]
+    return request.url.path.encode()
 
 
 async def authenticate(

@@ -22,6 +22,7 @@ def build_app(channels: ChannelService, *, clock: Callable[[], float] = time.tim
         Route("/up", health.up, methods=["GET"]),
         Route("/up/{app_id}", health.up_app, methods=["GET"]),
         Route("/apps/{app_id}/events", events.publish_events, methods=["POST"]),
+        Route("/apps/{app_id}/batch_events", events.publish_batch, methods=["POST"]),
         Route(
             "/apps/{app_id}/channels/{channel}/history", history.get_history, methods=["GET"]
         ),
@@ -29,6 +30,16 @@ def build_app(channels: ChannelService, *, clock: Callable[[], float] = time.tim
             "/apps/{app_id}/channels/{channel}/history/state",
             history.get_history_state,
             methods=["GET"],
+        ),
+        Route(
+            "/apps/{app_id}/channels/{channel}/history/reset",
+            history.post_history_reset,
+            methods=["POST"],
+        ),
+        Route(
+            "/apps/{app_id}/channels/{channel}/history/purge",
+            history.post_history_purge,
+            methods=["POST"],
         ),
     ]
     app = Starlette(

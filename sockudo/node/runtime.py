@@ -36,21 +36,15 @@ def open_event_log(settings: Settings) -> EventLog:
     from sockudo.log.embedded import EmbeddedLog
 
     return EmbeddedLog(
-        Path(settings.data_dir) / "log",
+        settings.embedded_log_dir,
         fsync=settings.embedded_fsync,
         fsync_interval_ms=settings.embedded_fsync_interval_ms,
         max_record_bytes=settings.embedded_max_record_bytes,
     )
 
 
-def channel_partitions(settings: Settings) -> int:
-    if settings.channel_partitions is not None:
-        return settings.channel_partitions
-    return 24 if settings.log_backend == "kafka" else 1
-
-
 def projection_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "projection"
+    return Path(settings.projection_dir)
 
 
 def decode_record(record: LogRecord) -> object:
@@ -78,7 +72,7 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.log = event_log or open_event_log(settings)
-        self.partitions = channel_partitions(settings)
+        self.partitions = settings.effective_channel_partitions
         self.topic = topic_name(settings.topic_prefix, CHANNEL_EVENTS)
         self.incarnation = new_incarnation(settings.node_id)
         self._projection_path = Path(projection_path or projection_dir(settings))

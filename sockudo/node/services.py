@@ -24,6 +24,8 @@ from sockudo.events import codec
 from sockudo.events.channel import (
     ChannelEvent,
     Flags,
+    HistoryPurged,
+    HistoryReset,
     IdempotencyClaim,
     MessagePublished,
     Origin,
@@ -214,3 +216,53 @@ def app_idempotency_enabled(app: AppConfig, settings: Settings) -> bool:
 def app_idempotency_ttl_s(app: AppConfig, settings: Settings) -> int:
     override = app.idempotency_ttl_seconds
     return settings.idempotency_ttl_seconds if override is None else override
+
+
+class StreamControl:
+    """Operator actions on a channel's stream: reset and purge, each one event in the log."""
+
+    def __init__(self, channels: ChannelService) -> None:
+        self._channels = channels
+
+    def _origin(self) -> Origin:
+        return Origin(node=self._channels.runtime.incarnation, request_id=str(uuid.uuid4()))
+
+    async def reset(
+        self, app: AppConfig, channel: str, reason: str, requested_by: str | None
+    ) -> Outcome:
+        return await self._channels.append_and_wait(
+            HistoryReset(
+                event_id=str(uuid.uuid4()),
+                app_id=app.id,
+                channel=channel,
+                origin=self._origin(),
+                new_stream_id=str(uuid.uuid4()),
+                reason=reason,
+                requested_by=requested_by,
+            )
+        )
+
+    async def purge(
+        self,
+        app: AppConfig,
+        channel: str,
+        *,
+        mode: str,
+        before_serial: int | None,
+        before_time_ms: int | None,
+        reason: str,
+        requested_by: str | None,
+    ) -> Outcome:
+        return await self._channels.append_and_wait(
+            HistoryPurged(
+                event_id=str(uuid.uuid4()),
+                app_id=app.id,
+                channel=channel,
+                origin=self._origin(),
+                mode=mode,
+                before_serial=before_serial,
+                before_time_ms=before_time_ms,
+                reason=reason,
+                requested_by=requested_by,
+            )
+        )

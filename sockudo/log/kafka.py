@@ -1,0 +1,535 @@
+"""The Kafka backend of the event log (spec 05 §3, §8.2), built on aiokafka 0.14.0.
+
+One ``KafkaLog`` owns three long-lived clients: an idempotent producer for appends, an admin
+client for topics and truncation, and an unassigned consumer that only answers offset queries
+(log start, end, offset for a time). Each ``reader()`` gets its own consumer with manual
+assignment, because positions live in the projection (§7.3), never in consumer groups.
+
+aiokafka is untyped, so values coming out of it are converted to plain ``int``/``bytes`` at the
+boundary; every aiokafka error is translated into the ``sockudo.errors`` tree here and nowhere
+else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from sockudo.errors import (
+    AppendOutcomeUnknown,
+    LogError,
+    LogUnavailable,
+    OffsetOutOfRange,
+    RecordTooLarge,
+    TopicMismatch,
+    UnknownTopic,
+)
+from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord
+
+__all__ = ["KafkaLog", "KafkaReader"]
+
+_MAX_BATCH_BYTES = 65_536
+# The broker always returns at least one whole batch, but leave room for a maximal record plus
+# its batch header so a single large record never needs a second round trip.
+_MAX_PARTITION_FETCH_BYTES = MAX_RECORD_BYTES + 65_536
+_FETCH_MAX_WAIT_MS = 100
+_TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
+_UNKNOWN_TOPIC = kafka_errors.UnknownTopicOrPartitionError.errno
+_TOO_LARGE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooLargeError)
+
+
+def _policies(value: str) -> frozenset[str]:
+    """``cleanup.policy`` as a set: ``"compact,delete"`` equals ``"delete,compact"``."""
+    return frozenset(p.strip() for p in value.split(",") if p.strip())
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    # An append that timed out is abandoned; reading its outcome here keeps asyncio from
+    # logging "exception was never retrieved" when it fails later.
+    if not fut.cancelled():
+        fut.exception()
+
+
+class KafkaLog:
+    """An ``EventLog`` on an Apache Kafka cluster (KRaft, 4.x; 3.9 works too).
+
+    Appends go through one idempotent producer (``acks=all``) with the partition always given
+    explicitly, so the embedded log and Kafka place a key identically (§6.2). Concurrent
+    ``append`` calls are not serialized here: each hands its record to aiokafka's accumulator
+    and awaits its own acknowledgement, so records from many callers share batches and
+    requests. Topics the log creates default to ``message.timestamp.type=LogAppendTime``
+    because the contract promises broker-assigned, non-decreasing timestamps.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str = "sockudo",
+        linger_ms: int = 0,
+        replication_factor: int | None = None,
+        request_timeout_ms: int = 10000,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._linger_ms = linger_ms
+        self._replication_factor = replication_factor
+        self._request_timeout_ms = request_timeout_ms
+        self._producer: Any = None
+        self._admin: Any = None
+        self._offsets: Any = None
+        # Partition counts never change (§6.2: changing them would remap keys), so one
+        # metadata lookup per topic is enough for the life of the log.
+        self._partition_counts: dict[str, int] = {}
+        self._readers: set[KafkaReader] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        common: dict[str, Any] = {
+            "bootstrap_servers": self._bootstrap,
+            "client_id": self._client_id,
+            "request_timeout_ms": self._request_timeout_ms,
+        }
+        producer = AIOKafkaProducer(
+            **common,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=self._linger_ms,
+            max_batch_size=_MAX_BATCH_BYTES,
+            max_request_size=MAX_RECORD_BYTES,
+        )
+        admin = AIOKafkaAdminClient(**common)
+        offsets = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False)
+        try:
+            await producer.start()
+            await admin.start()
+            await offsets.start()
+        except (kafka_errors.KafkaError, OSError, TimeoutError) as exc:
+            # Stopping is safe on clients that never started, and needed for the one that
+            # failed half-way: aiokafka warns about unclosed clients when they are collected.
+            for client in (producer, offsets, admin):
+                await self._stop_client(client)
+            raise LogUnavailable(f"cannot connect to Kafka at {self._bootstrap}: {exc}") from exc
+        self._producer, self._admin, self._offsets = producer, admin, offsets
+
+    async def close(self) -> None:
+        for reader in list(self._readers):
+            await reader.close()
+        producer, admin, offsets = self._producer, self._admin, self._offsets
+        self._producer = self._admin = self._offsets = None
+        # The producer goes first: its stop() still delivers the batches already queued.
+        for client in (producer, offsets, admin):
+            if client is not None:
+                await self._stop_client(client)
+
+    @staticmethod
+    async def _stop_client(client: Any) -> None:
+        if isinstance(client, AIOKafkaAdminClient):
+            await client.close()
+        else:
+            await client.stop()
+
+    def _require(self, client: Any) -> Any:
+        if client is None:
+            raise LogUnavailable("KafkaLog is not started (or already closed)")
+        return client
+
+    # -- topics --------------------------------------------------------------------------
+
+    async def ensure_topic(self, name: str, partitions: int, config: Mapping[str, str]) -> None:
+        admin = self._require(self._admin)
+        configs = dict(config)
+        configs.setdefault("message.timestamp.type", "LogAppendTime")
+        async with self._translate(f"create topic {name}"):
+            rf = self._replication_factor or await self._default_replication_factor()
+            response = await admin.create_topics(
+                [NewTopic(name, partitions, rf, topic_configs=configs)]
+            )
+        for topic, code, *rest in response.topic_errors:
+            if topic != name or code == 0:
+                continue
+            if code == _TOPIC_ALREADY_EXISTS:
+                await self._check_existing(name, partitions, configs)
+                return
+            detail = rest[0] if rest and rest[0] else kafka_errors.for_code(code).__name__
+            raise LogError(f"cannot create topic {name}: {detail}")
+        await self._wait_for_leaders(name, partitions)
+        self._partition_counts[name] = partitions
+
+    async def _default_replication_factor(self) -> int:
+        cluster = await self._require(self._admin).describe_cluster()
+        return max(1, min(3, len(cluster["brokers"])))
+
+    async def _check_existing(self, name: str, partitions: int, configs: Mapping[str, str]) -> None:
+        actual = await self._lookup_partitions(name)
+        if actual is None:
+            # Deleted between our create and this describe: the node must not carry on with
+            # a topic it cannot see.
+            raise UnknownTopic(f"topic {name} was reported as existing but is not in metadata")
+        if actual != partitions:
+            raise TopicMismatch(
+                f"topic {name}: expected {partitions} partitions, actual {actual} partitions"
+            )
+        expected_policy = configs.get("cleanup.policy", "delete")
+        actual_policy = await self._topic_config(name, "cleanup.policy")
+        if actual_policy is not None and _policies(actual_policy) != _policies(expected_policy):
+            raise TopicMismatch(
+                f"topic {name}: expected cleanup.policy={expected_policy}, "
+                f"actual cleanup.policy={actual_policy}"
+            )
+        self._partition_counts[name] = actual
+
+    async def _topic_config(self, name: str, key: str) -> str | None:
+        admin = self._require(self._admin)
+        async with self._translate(f"describe configs of {name}"):
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, {key: None})]
+            )
+        for response in responses:
+            for code, message, _type, resource, entries in response.resources:
+                if resource != name:
+                    continue
+                if code:
+                    raise LogError(f"describe configs of {name} failed: {message or code}")
+                for entry in entries:
+                    if entry[0] == key:
+                        return str(entry[1]) if entry[1] is not None else None
+        return None
+
+    async def _topic_metadata(self, name: str) -> dict[str, Any] | None:
+        admin = self._require(self._admin)
+        # Ask for all topics: a Metadata request naming a missing topic lets a broker with
+        # auto.create.topics.enable=true (Kafka's default) create it with default partitions.
+        async with self._translate(f"describe topic {name}"):
+            topics = await admin.describe_topics(None)
+        for topic in topics:
+            if topic["topic"] == name and topic["error_code"] != _UNKNOWN_TOPIC:
+                return dict(topic)
+        return None
+
+    async def _lookup_partitions(self, name: str) -> int | None:
+        meta = await self._topic_metadata(name)
+        return None if meta is None else len(meta["partitions"])
+
+    async def _wait_for_leaders(self, name: str, partitions: int) -> None:
+        # CreateTopics returns once the controller committed the topic; the broker's metadata
+        # (and thus produce/ListOffsets) may lag a few ms behind. Wait so the next call works.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._request_timeout_ms / 1000
+        while True:
+            meta = await self._topic_metadata(name)
+            leaders = [] if meta is None else [p["leader"] for p in meta["partitions"]]
+            if len(leaders) == partitions and all(leader >= 0 for leader in leaders):
+                return
+            if loop.time() >= deadline:
+                raise LogUnavailable(f"topic {name} created but its partitions have no leader")
+            await asyncio.sleep(0.05)
+
+    async def partitions(self, topic: str) -> int:
+        cached = self._partition_counts.get(topic)
+        if cached is not None:
+            return cached
+        count = await self._lookup_partitions(topic)
+        if count is None:
+            raise UnknownTopic(f"topic {topic} does not exist")
+        self._partition_counts[topic] = count
+        return count
+
+    async def _topic_partition(self, topic: str, partition: int) -> Any:
+        count = await self.partitions(topic)
+        if not 0 <= partition < count:
+            raise UnknownTopic(f"topic {topic} has {count} partitions, no partition {partition}")
+        return TopicPartition(topic, partition)
+
+    # -- appends -------------------------------------------------------------------------
+
+    async def append(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        *,
+        timeout_ms: int,
+    ) -> AppendResult:
+        producer = self._require(self._producer)
+        if value is not None and len(value) > MAX_RECORD_BYTES:
+            raise RecordTooLarge(
+                f"value of {len(value)} bytes exceeds the limit of {MAX_RECORD_BYTES} bytes"
+            )
+        tp = await self._topic_partition(topic, partition)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+
+        # Phase 1: until aiokafka's accumulator holds the record nothing can have been sent,
+        # so every failure (including running out of time) means "definitely not written".
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._leader_reachable(producer, tp)
+                future = await self._enqueue(producer, tp, key, value, list(headers))
+        except TimeoutError as exc:
+            raise LogUnavailable(f"append to {topic}[{partition}] could not be queued") from exc
+        except _TOO_LARGE as exc:
+            raise RecordTooLarge(str(exc)) from exc
+        except kafka_errors.KafkaError as exc:
+            raise LogUnavailable(f"append to {topic}[{partition}] failed: {exc}") from exc
+
+        # Phase 2: the record may be on the wire. Wait without cancelling it: cancelling the
+        # future would not recall the record, and the caller must learn "maybe written".
+        done, _ = await asyncio.wait({future}, timeout=max(0.0, deadline - loop.time()))
+        if not done:
+            future.add_done_callback(_consume_exception)
+            raise AppendOutcomeUnknown(
+                f"append to {topic}[{partition}] not acknowledged within {timeout_ms} ms"
+            )
+        try:
+            meta = future.result()
+        except _TOO_LARGE as exc:
+            # The broker rejected the batch as a whole: nothing of it was written.
+            raise RecordTooLarge(str(exc)) from exc
+        except kafka_errors.KafkaError as exc:
+            raise AppendOutcomeUnknown(f"append to {topic}[{partition}] failed: {exc}") from exc
+        return AppendResult(
+            partition=int(meta.partition), offset=int(meta.offset), timestamp_ms=int(meta.timestamp)
+        )
+
+    @staticmethod
+    async def _leader_reachable(producer: Any, tp: Any) -> None:
+        # With a dead broker aiokafka would queue the record and retry until the request
+        # timeout, which callers can only read as "outcome unknown". Checking the leader's
+        # connection first (a dict lookup while connected) turns the common "broker down"
+        # case into a definite LogUnavailable.
+        leader = producer.client.cluster.leader_for_partition(tp)
+        if leader is None or leader < 0:
+            return  # stale metadata: send() refreshes it and fails or succeeds on its own
+        if not await producer.client.ready(leader):
+            raise LogUnavailable(
+                f"Kafka broker {leader} (leader of {tp.topic}[{tp.partition}]) unreachable"
+            )
+
+    @staticmethod
+    async def _enqueue(
+        producer: Any,
+        tp: Any,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+    ) -> asyncio.Future[Any]:
+        if key is None and value is None:
+            # AIOKafkaProducer.send() refuses a record with neither key nor value; Kafka
+            # accepts it on delete-policy topics, so send it as a one-record batch instead.
+            batch = producer.create_batch()
+            if batch.append(timestamp=None, key=None, value=None, headers=headers) is None:
+                raise RecordTooLarge("record does not fit into an empty batch")
+            fut: asyncio.Future[Any] = await producer.send_batch(
+                batch, tp.topic, partition=tp.partition
+            )
+            return fut
+        fut = await producer.send(
+            tp.topic, value=value, key=key, partition=tp.partition, headers=headers
+        )
+        return fut
+
+    # -- offsets and truncation ----------------------------------------------------------
+
+    async def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        offsets = self._require(self._offsets)
+        tp = await self._topic_partition(topic, partition)
+        async with self._translate(f"bounds of {topic}[{partition}]"):
+            starts, ends = await asyncio.gather(
+                offsets.beginning_offsets([tp]), offsets.end_offsets([tp])
+            )
+        return int(starts[tp]), int(ends[tp])
+
+    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
+        offsets = self._require(self._offsets)
+        tp = await self._topic_partition(topic, partition)
+        async with self._translate(f"offset for time in {topic}[{partition}]"):
+            found = await offsets.offsets_for_times({tp: max(0, ts_ms)})
+        hit = found.get(tp)
+        return None if hit is None else int(hit.offset)
+
+    async def delete_records(self, topic: str, partition: int, before_offset: int) -> int:
+        admin = self._require(self._admin)
+        tp = await self._topic_partition(topic, partition)
+        try:
+            async with self._translate(f"delete records of {topic}[{partition}]"):
+                low = await admin.delete_records({tp: RecordsToDelete(before_offset)})
+        except OffsetOutOfRange:
+            start, end = await self.bounds(topic, partition)
+            raise OffsetOutOfRange(
+                start, end, f"cannot delete {topic}[{partition}] before {before_offset}: end={end}"
+            ) from None
+        return int(low[tp])
+
+    # -- reading -------------------------------------------------------------------------
+
+    def reader(self, topic: str, positions: Mapping[int, int]) -> KafkaReader:
+        self._require(self._producer)
+        reader = KafkaReader(self, topic, positions)
+        self._readers.add(reader)
+        return reader
+
+    def _reader_consumer(self) -> Any:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            request_timeout_ms=self._request_timeout_ms,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            # "none": a position below the log start must fail loudly (truncation detection,
+            # §7.5) instead of silently jumping to another offset.
+            auto_offset_reset="none",
+            fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
+            fetch_min_bytes=1,
+            max_partition_fetch_bytes=_MAX_PARTITION_FETCH_BYTES,
+        )
+
+    def _forget_reader(self, reader: KafkaReader) -> None:
+        self._readers.discard(reader)
+
+    # -- errors --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _translate(self, what: str) -> AsyncIterator[None]:
+        """Map aiokafka errors of a non-append operation onto the ``sockudo.errors`` tree."""
+        try:
+            yield
+        except kafka_errors.UnknownTopicOrPartitionError as exc:
+            raise UnknownTopic(f"{what}: unknown topic or partition") from exc
+        except kafka_errors.OffsetOutOfRangeError as exc:
+            raise OffsetOutOfRange(-1, -1, f"{what}: offset out of range") from exc
+        except kafka_errors.KafkaError as exc:
+            _raise_log_error(what, exc)
+        except (OSError, TimeoutError) as exc:
+            raise LogUnavailable(f"{what}: {exc!r}") from exc
+
+
+def _raise_log_error(what: str, exc: Exception) -> NoReturn:
+    retriable = bool(getattr(exc, "retriable", False))
+    if retriable or isinstance(
+        exc, kafka_errors.KafkaTimeoutError | kafka_errors.KafkaConnectionError
+    ):
+        raise LogUnavailable(f"{what}: {exc}") from exc
+    raise LogError(f"{what}: {exc}") from exc
+
+
+class KafkaReader:
+    """A ``LogReader`` over one topic: an unassigned-group consumer with manual positions.
+
+    The consumer starts lazily on the first ``poll``/``seek`` because ``EventLog.reader`` is
+    synchronous. Positions are tracked here (next offset to return per partition) so that
+    ``position()`` stays synchronous as the protocol requires.
+    """
+
+    def __init__(self, log: KafkaLog, topic: str, positions: Mapping[int, int]) -> None:
+        self._log = log
+        self._topic = topic
+        self._positions: dict[int, int] = dict(positions)
+        self._consumer: Any = None
+        self._closed = False
+
+    async def _started(self) -> Any:
+        if self._closed:
+            raise LogUnavailable("reader is closed")
+        if self._consumer is None:
+            for partition in self._positions:
+                await self._log._topic_partition(self._topic, partition)
+            consumer = self._log._reader_consumer()
+            try:
+                await consumer.start()
+            except (kafka_errors.KafkaError, OSError, TimeoutError) as exc:
+                await consumer.stop()
+                raise LogUnavailable(f"reader for {self._topic} cannot connect: {exc}") from exc
+            self._consumer = consumer
+            self._assign()
+        return self._consumer
+
+    def _assign(self) -> None:
+        # assign() forgets every position, so re-seek all partitions we track afterwards.
+        tps = [TopicPartition(self._topic, p) for p in sorted(self._positions)]
+        self._consumer.assign(tps)
+        for tp in tps:
+            self._consumer.seek(tp, self._positions[tp.partition])
+
+    async def poll(self, max_records: int, timeout_ms: int) -> list[LogRecord]:
+        consumer = await self._started()
+        if not self._positions:
+            await asyncio.sleep(timeout_ms / 1000)
+            return []
+        try:
+            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except kafka_errors.OffsetOutOfRangeError as exc:
+            await self._raise_out_of_range(exc)
+        except kafka_errors.KafkaError as exc:
+            _raise_log_error(f"poll {self._topic}", exc)
+        records: list[LogRecord] = []
+        for tp in sorted(batches, key=lambda t: int(t.partition)):
+            for msg in batches[tp]:
+                records.append(
+                    LogRecord(
+                        topic=self._topic,
+                        partition=int(msg.partition),
+                        offset=int(msg.offset),
+                        timestamp_ms=int(msg.timestamp),
+                        key=msg.key,
+                        value=msg.value,
+                        headers=tuple(
+                            (str(name), bytes(val) if val is not None else b"")
+                            for name, val in msg.headers
+                        ),
+                    )
+                )
+            if batches[tp]:
+                self._positions[int(tp.partition)] = int(batches[tp][-1].offset) + 1
+        return records
+
+    async def _raise_out_of_range(self, exc: Exception) -> NoReturn:
+        positions = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        partition, offset = next(
+            ((int(tp.partition), int(off)) for tp, off in positions.items()),
+            (min(self._positions), -1),
+        )
+        start, end = await self._log.bounds(self._topic, partition)
+        raise OffsetOutOfRange(
+            start,
+            end,
+            f"{self._topic}[{partition}] offset {offset} out of range: log_start={start} end={end}",
+        ) from exc
+
+    def position(self, partition: int) -> int:
+        return self._positions[partition]
+
+    async def seek(self, partition: int, offset: int) -> None:
+        if self._consumer is None:
+            self._positions[partition] = offset
+            await self._started()
+            return
+        await self._log._topic_partition(self._topic, partition)
+        new = partition not in self._positions
+        self._positions[partition] = offset
+        if new:
+            self._assign()
+        else:
+            self._consumer.seek(TopicPartition(self._topic, partition), offset)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._log._forget_reader(self)
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()

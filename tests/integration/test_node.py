@@ -1,0 +1,347 @@
+"""End to end: a real ``sockudo-node`` process on each log backend, driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sockudo.log.base import EventLog
+from sockudo.log.partitioning import channel_key, partition_for
+from tests.support.api import SignedClient
+from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess
+
+BACKENDS = ["embedded", pytest.param("kafka", marks=pytest.mark.kafka)]
+
+
+@pytest.fixture(params=BACKENDS)
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeProcess]:
+    backend = request.param
+    if backend == "kafka":
+        bootstrap = request.getfixturevalue("kafka_bootstrap")
+        n = NodeProcess(
+            tmp_path / "node",
+            log_backend="kafka",
+            kafka_bootstrap=bootstrap,
+            topic_prefix=f"t{uuid.uuid4().hex[:8]}",
+            channel_partitions=3,
+        )
+    else:
+        n = NodeProcess(tmp_path / "node")
+    n.start()
+    try:
+        yield n
+    finally:
+        n.kill()
+
+
+@pytest.fixture
+def api(node: NodeProcess) -> Iterator[SignedClient]:
+    client = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+    yield client
+    client.close()
+
+
+def tools(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", *args, *node.tools_args()],
+        env=node.tools_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def open_log(node: NodeProcess) -> EventLog:
+    if node.log_backend == "kafka":
+        from sockudo.log.kafka import KafkaLog
+
+        assert node.kafka_bootstrap is not None
+        return KafkaLog(node.kafka_bootstrap)
+    from sockudo.log.embedded import EmbeddedLog
+
+    return EmbeddedLog(node.data_dir / "log")
+
+
+def topic(node: NodeProcess) -> str:
+    return f"{node.topic_prefix}.channel-events"
+
+
+def partition_of(node: NodeProcess, channel: str) -> int:
+    return partition_for(channel_key(APP_ID, channel), node.channel_partitions or 1)
+
+
+def publish_ok(api: SignedClient, channel: str, n: int, **extra: Any) -> dict[str, Any]:
+    r = api.publish(
+        {"name": "ev", "channel": channel, "data": f"m{n}", "info": "subscription_count", **extra}
+    )
+    assert r.status_code == 200, r.text
+    ack: dict[str, Any] = r.json()["channels"][channel]
+    return ack
+
+
+def test_publish_acknowledges_fold_serials_and_history_serves_them(api: SignedClient) -> None:
+    acks = [publish_ok(api, "orders", i) for i in range(3)]
+    assert [a["history_serial"] for a in acks] == [1, 2, 3]
+    assert [a["delivery_serial"] for a in acks] == [1, 2, 3]
+    assert len({a["stream_id"] for a in acks}) == 1
+    assert all(a["subscription_count"] == 0 for a in acks)
+
+    page = api.history("orders").json()
+    assert [i["serial"] for i in page["items"]] == [3, 2, 1]
+    assert [i["message"]["data"] for i in page["items"]] == ["m2", "m1", "m0"]
+    assert [i["message_id"] for i in page["items"]] == [a["message_id"] for a in reversed(acks)]
+    assert page["continuity"]["retained_messages"] == 3
+    assert page["continuity"]["complete"] is True
+    assert page["stream_state"]["durable_state"] == "healthy"
+
+    first = api.history("orders", direction="oldest_first", limit="2").json()
+    assert [i["serial"] for i in first["items"]] == [1, 2]
+    assert first["has_more"] is True
+    rest = api.history(
+        "orders", direction="oldest_first", limit="2", cursor=first["next_cursor"]
+    ).json()
+    assert [i["serial"] for i in rest["items"]] == [3]
+    assert rest["has_more"] is False and rest["next_cursor"] is None
+
+    state = api.history_state("orders").json()
+    assert state["stream"]["next_serial"] == 4
+    assert state["stream"]["stream_id"] == acks[0]["stream_id"]
+
+    # Without info the answer is Pusher's empty object.
+    plain = api.publish({"name": "ev", "channel": "orders", "data": "x"})
+    assert (plain.status_code, plain.json()) == (200, {})
+
+
+def test_idempotent_publish_answers_the_original_and_conflicts_on_other_payload(
+    api: SignedClient,
+) -> None:
+    first = publish_ok(api, "pay", 1, idempotency_key="k-1")
+    again = publish_ok(api, "pay", 1, idempotency_key="k-1")
+    assert again == first
+    conflict = api.publish({"name": "ev", "channel": "pay", "data": "other", "idempotency_key": "k-1"})
+    assert conflict.status_code == 409
+    assert conflict.json()["code"] == "idempotency_conflict"
+    assert api.history_state("pay").json()["stream"]["next_serial"] == 2
+
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("wrong secret", {"secret": "nope"}, 401, "auth_failed"),
+    ("stale timestamp", {"timestamp": int(time.time()) - 3600}, 401, "auth_failed"),
+    ("unknown key", {"key": "no-such-key"}, 404, "app_not_found"),
+]
+
+
+@pytest.mark.parametrize(("label", "kw", "status", "code"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_rejected_signatures_append_nothing(
+    api: SignedClient, label: str, kw: dict[str, Any], status: int, code: str
+) -> None:
+    publish_ok(api, "guarded", 0)
+    r = api.publish({"name": "ev", "channel": "guarded", "data": "x"}, **kw)
+    assert (r.status_code, r.json()["code"]) == (status, code), label
+    assert api.history_state("guarded").json()["stream"]["next_serial"] == 2
+
+
+def test_malformed_requests_get_their_error_and_the_node_keeps_serving(
+    api: SignedClient, node: NodeProcess
+) -> None:
+    path = f"/apps/{APP_ID}/events"
+    cases: list[tuple[bytes, dict[str, Any], int, str]] = [
+        (b"{not json", {}, 400, "invalid_input"),
+        (b'{"name":"ev","channel":"bad name!","data":"x"}', {}, 400, "invalid_input"),
+        (b'{"name":"ev","data":"x"}', {}, 400, "missing_channel_info"),
+        (json.dumps({"name": "ev", "channel": "c", "data": "x" * 200_000}).encode(), {}, 413,
+         "payload_too_large"),
+        (b"x" * (10 * 1024 * 1024 + 1), {}, 413, "payload_too_large"),
+    ]
+    for body, kw, status, code in cases:
+        r = api.request("POST", path, body=body, **kw)
+        assert (r.status_code, r.json()["code"]) == (status, code), body[:40]
+    # A body whose MD5 does not match what was signed.
+    query_signed_for = b'{"name":"ev","channel":"c","data":"x"}'
+    from sockudo.auth import signed_query_params
+
+    params = signed_query_params(APP_KEY, APP_SECRET, "POST", path, timestamp=int(time.time()),
+                                 body=query_signed_for)
+    r = api.http.post(path, params=params, content=b'{"name":"ev","channel":"c","data":"y"}')
+    assert (r.status_code, r.json()["code"]) == (401, "auth_failed")
+    # Disabled app: valid signature, then 403.
+    r = api.request("POST", "/apps/disabled-app/events", body=b"{}", key="disabled-key",
+                    secret="disabled-secret")
+    assert (r.status_code, r.json()["code"]) == (403, "app_disabled")
+    # Unknown route: plain-text 404.
+    r = api.http.get("/nope")
+    assert (r.status_code, r.text) == (404, "404 NOT FOUND")
+    # Nothing above reached the log: channel "c" has no stream; the node still publishes.
+    assert api.history_state("c").json()["stream"]["next_serial"] is None
+    assert publish_ok(api, "c", 1)["history_serial"] == 1
+
+
+def test_sigkill_during_publish_load_loses_no_acknowledged_event(
+    api: SignedClient, node: NodeProcess
+) -> None:
+    acked: dict[str, int] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def publisher(worker: int) -> None:
+        client = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+        i = 0
+        try:
+            while not stop.is_set():
+                try:
+                    r = client.publish(
+                        {"name": "ev", "channel": "load", "data": f"{worker}-{i}",
+                         "info": "subscription_count"}
+                    )
+                except Exception:
+                    return  # the node died under us: only acknowledged events count
+                if r.status_code == 200:
+                    ack = r.json()["channels"]["load"]
+                    with lock:
+                        acked[ack["message_id"]] = ack["history_serial"]
+                i += 1
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=publisher, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 150 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    node.kill()  # SIGKILL while publishers are mid-request
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert len(acked) >= 150
+
+    node.start()
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"direction": "oldest_first", "limit": "100"}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.history("load", **params).json()
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    serials = [i["serial"] for i in items]
+    assert serials == list(range(1, len(items) + 1)), "serials must be contiguous and unique"
+    by_id = {i["message_id"]: i["serial"] for i in items}
+    assert len(by_id) == len(items), "no message stored twice"
+    missing = {m: s for m, s in acked.items() if by_id.get(m) != s}
+    assert not missing, f"acknowledged events lost or renumbered: {list(missing.items())[:5]}"
+    # Appends that landed without an answer still get the next serial after a restart.
+    assert publish_ok(api, "load", 0)["history_serial"] == len(items) + 1
+
+
+def test_sigterm_shuts_down_cleanly_and_restart_keeps_state(
+    api: SignedClient, node: NodeProcess
+) -> None:
+    acks = [publish_ok(api, "keep", i) for i in range(5)]
+    assert node.stop() == 0
+    assert "stopped cleanly" in node.tail()
+    node.start()
+    page = api.history("keep").json()
+    assert [i["message_id"] for i in page["items"]] == [a["message_id"] for a in reversed(acks)]
+    assert publish_ok(api, "keep", 9)["history_serial"] == 6
+
+
+def test_rebuild_verify_reports_identical_projections(api: SignedClient, node: NodeProcess) -> None:
+    for i in range(60):
+        publish_ok(api, ("a", "b", "c")[i % 3], i, **({"idempotency_key": f"k{i}"} if i % 4 == 0 else {}))
+    reset = api.request(
+        "POST", f"/apps/{APP_ID}/channels/a/history/reset",
+        body=json.dumps({"confirm_channel": "a", "confirm_operation": "reset", "reason": "t"}).encode(),
+    )
+    assert reset.status_code == 200, reset.text
+    assert reset.json()["purged_messages"] == 20
+    assert publish_ok(api, "a", 99)["history_serial"] == 1
+    purge = api.request(
+        "POST", f"/apps/{APP_ID}/channels/b/history/purge",
+        body=json.dumps({"confirm_channel": "b", "confirm_operation": "purge", "reason": "t",
+                         "mode": "before_serial", "before_serial": 5}).encode(),
+    )
+    assert purge.status_code == 200, purge.text
+    assert purge.json()["purged_messages"] == 4
+    assert node.stop() == 0
+    result = tools(node, "rebuild", "--verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "identical" in result.stdout
+    assert "events replayed: " in result.stdout
+
+
+def test_inspect_stream_on_a_healthy_channel(api: SignedClient, node: NodeProcess) -> None:
+    for i in range(4):
+        publish_ok(api, "inspected", i)
+    state = api.history_state("inspected").json()
+    assert node.stop() == 0
+    result = tools(node, "inspect-stream", "--app", APP_ID, "--channel", "inspected", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "ok"
+    assert report["log"]["channel_records"] == 4
+    assert report["recomputed"]["last_serial"] == 4
+    assert report["stream"] == state["stream"]
+
+    missing = tools(node, "inspect-stream", "--channel", "inspected")
+    assert missing.returncode == 3
+
+
+def test_log_truncation_is_reported_and_reads_fail_closed(
+    api: SignedClient, node: NodeProcess
+) -> None:
+    for i in range(10):
+        publish_ok(api, "trunc", i)
+    assert node.stop() == 0
+
+    async def truncate() -> None:
+        log = open_log(node)
+        await log.start()
+        try:
+            p = partition_of(node, "trunc")
+            start, end = await log.bounds(topic(node), p)
+            await log.delete_records(topic(node), p, end - 4)
+            assert (await log.bounds(topic(node), p))[0] == end - 4
+        finally:
+            await log.close()
+
+    asyncio.run(truncate())
+
+    # The projection still holds everything, but the log can no longer prove it.
+    result = tools(node, "inspect-stream", "--app", APP_ID, "--channel", "trunc", "--json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "unanchored"
+    assert report["gaps"][0]["kind"] == "log_truncated"
+
+    # A node whose projection is behind the log start cannot fold the partition at all.
+    shutil.rmtree(node.data_dir / "projection")
+    node.start()
+    r = api.history("trunc")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["code"] == "history_degraded"
+    assert body["stream_state"]["durable_state"] == "degraded"
+    assert body["stream_state"]["reason"] == "projection_log_truncated"
+    assert body["stream_state"]["observed_source"] == "local_projection"
+    state = api.history_state("trunc").json()["stream"]["state"]
+    assert state["reason"] == "projection_log_truncated"
+    assert api.http.get("/up").status_code == 503
+    assert node.stop() == 0
+    stalled = tools(node, "inspect-stream", "--app", APP_ID, "--channel", "trunc", "--json")
+    assert stalled.returncode == 2
+    assert json.loads(stalled.stdout)["verdict"] == "stalled"
