@@ -26,7 +26,6 @@ Decoder = Callable[[LogRecord], object]
 Partitioner = Callable[[bytes, int], int]
 
 
-
 @dataclass(slots=True)
 class PartitionState:
     """Where the fold of one partition stands on this node."""

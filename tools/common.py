@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sockudo.config import Settings, load_settings
-from sockudo.log.base import EventLog, LogRecord, LogReader
+from sockudo.log.base import EventLog, LogReader, LogRecord
 
 
 def add_node_options(p: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def open_log_for_tools(settings: Settings) -> EventLog:
         return KafkaLog(settings.kafka_bootstrap_servers or "", client_id="sockudo-tools")
     from sockudo.log.embedded import EmbeddedLog
 
-    return EmbeddedLog(Path(settings.data_dir) / "log", read_only=True)
+    return EmbeddedLog(settings.embedded_log_dir, read_only=True)
 
 
 async def scan_partition(

@@ -1,8 +1,8 @@
-"""``sockudo-tools inspect-stream``: one channel's log against this node's projection (spec 05 §7.8).
+"""``sockudo-tools inspect-stream``: a channel's log against the projection (spec 05 §7.8).
 
 The channel's records are re-folded from the log with the same pure fold the node runs, and
-the result is compared with what the projection serves. Verdicts and exit codes:
-``ok`` 0, ``lagging`` 0 (1 with ``--strict``), ``gaps``/``mismatch`` 1, ``unanchored``/``stalled`` 2.
+the result is compared with what the projection serves. Verdicts and exit codes: ``ok`` 0,
+``lagging`` 0 (1 with ``--strict``), ``gaps``/``mismatch`` 1, ``unanchored``/``stalled`` 2.
 """
 
 from __future__ import annotations
@@ -191,7 +191,9 @@ async def inspect_stream(
             "projection": {
                 "checkpoint": checkpoint,
                 "lag_records": max(0, end - checkpoint),
-                "health": f"stalled({stall.reason})" if stall else ("live" if checkpoint >= end else "lagging"),
+                "health": f"stalled({stall.reason})"
+                if stall
+                else ("live" if checkpoint >= end else "lagging"),
                 "fold_version": ckpt.fold_version if ckpt else None,
                 "stall": (
                     {"reason": stall.reason, "offset": stall.offset, "detail": stall.detail}

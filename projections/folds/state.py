@@ -1,6 +1,6 @@
-"""Typed values the channel fold keeps: stream heads, history rows and per-offset outcomes.
+"""Typed values the channel fold keeps: stream heads, history rows, per-offset outcomes.
 
-Values are stored as compact JSON with a fixed key order so that two nodes folding the same log write
+Values are compact JSON with a fixed key order, so two nodes folding the same log write
 byte-identical databases (``sockudo-tools rebuild --verify`` compares them).
 """
 

@@ -51,6 +51,8 @@ def read_head(kv: KVReader, app_id: str, channel: str) -> StreamHead | None:
 
 def stream_state(head: StreamHead | None, stall: Stall | None, node_id: str) -> dict[str, Any]:
     """The ``stream_state`` object; a node-local stall overrides the folded state."""
+    reason: str | None
+    at: int | None
     if stall is not None:
         state, reason, at = "degraded", stall.reason, stall.since_ms
         node: str | None = node_id

@@ -55,7 +55,12 @@ class Stall:
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"reason": self.reason, "offset": self.offset, "detail": self.detail, "since_ms": self.since_ms}
+            {
+                "reason": self.reason,
+                "offset": self.offset,
+                "detail": self.detail,
+                "since_ms": self.since_ms,
+            }
         ).encode()
 
     @classmethod
@@ -80,13 +85,17 @@ class ProjectionStore:
         if read_only:
             if not self.path.exists():
                 raise FileNotFoundError(f"no projection database at {self.path}")
-            self._db = Rdict(str(self.path), Options(raw_mode=True), access_type=AccessType.read_only())
+            self._db = Rdict(
+                str(self.path), Options(raw_mode=True), access_type=AccessType.read_only()
+            )
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             cfs = {name: Options(raw_mode=True) for name in keys.COLUMN_FAMILIES}
             self._db = Rdict(str(self.path), _options(), column_families=cfs)
         self._cfs = {name: self._db.get_column_family(name) for name in keys.COLUMN_FAMILIES}
-        self._handles = {name: self._db.get_column_family_handle(name) for name in keys.COLUMN_FAMILIES}
+        self._handles = {
+            name: self._db.get_column_family_handle(name) for name in keys.COLUMN_FAMILIES
+        }
         self._write_opts = WriteOptions()
         self._write_opts.sync = False
 
@@ -175,7 +184,8 @@ class ProjectionStore:
             h = hashlib.sha256()
             n = 0
             for k, v in self._cfs[cf].items():
-                h.update(struct.pack(">I", len(k)) + k + struct.pack(">I", len(v)) + v)
+                kb, vb = bytes(k), bytes(v)  # type: ignore[arg-type]  # raw mode: always bytes
+                h.update(struct.pack(">I", len(kb)) + kb + struct.pack(">I", len(vb)) + vb)
                 n += 1
             out[cf] = f"{h.hexdigest()}:{n}"
         return out

@@ -49,7 +49,9 @@ def to_api_error(exc: BaseException) -> ApiError:
             503, "backpressure", "Projection is behind the log; retry", headers={"Retry-After": "1"}
         )
     if isinstance(exc, AppendOutcomeUnknown):
-        return ApiError(504, "publish_outcome_unknown", "Publish outcome unknown; retry with an idempotency key")
+        return ApiError(
+            504, "publish_outcome_unknown", "Publish outcome unknown; retry with an idempotency key"
+        )
     if isinstance(exc, FoldTimeout):
         return ApiError(504, "fold_timeout", "Event was published but not yet folded on this node")
     return ApiError(500, "internal_error", "Internal server error")

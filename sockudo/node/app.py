@@ -23,9 +23,7 @@ def build_app(channels: ChannelService, *, clock: Callable[[], float] = time.tim
         Route("/up/{app_id}", health.up_app, methods=["GET"]),
         Route("/apps/{app_id}/events", events.publish_events, methods=["POST"]),
         Route("/apps/{app_id}/batch_events", events.publish_batch, methods=["POST"]),
-        Route(
-            "/apps/{app_id}/channels/{channel}/history", history.get_history, methods=["GET"]
-        ),
+        Route("/apps/{app_id}/channels/{channel}/history", history.get_history, methods=["GET"]),
         Route(
             "/apps/{app_id}/channels/{channel}/history/state",
             history.get_history_state,

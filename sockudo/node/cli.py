@@ -49,9 +49,12 @@ def parser() -> argparse.ArgumentParser:
         help="Kafka bootstrap servers [KAFKA_BOOTSTRAP_SERVERS or SOCKUDO_KAFKA_BOOTSTRAP]",
     )
     p.add_argument(
-        "--data-dir", help="embedded log and projection databases [SOCKUDO_DATA_DIR] (default ./data)"
+        "--data-dir",
+        help="embedded log and projection databases [SOCKUDO_DATA_DIR] (default ./data)",
     )
-    p.add_argument("--node-id", help="node id in cluster and stream state [NODE_ID] (default hostname)")
+    p.add_argument(
+        "--node-id", help="node id in cluster and stream state [NODE_ID] (default hostname)"
+    )
     p.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
     return p
 
@@ -97,9 +100,7 @@ async def run_node(settings: Settings) -> None:
         metrics_cfg = HypercornConfig()
         metrics_cfg.bind = [f"{settings.metrics_host}:{settings.metrics_port}"]
         metrics_cfg.accesslog = None
-        servers.append(
-            serve(make_asgi_app(REGISTRY), metrics_cfg, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-        )
+        servers.append(serve(make_asgi_app(REGISTRY), metrics_cfg, shutdown_trigger=stop.wait))
     log.info(
         "sockudo-node %s listening on %s:%s (log=%s, data=%s, partitions=%s)",
         runtime.incarnation,

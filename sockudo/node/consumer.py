@@ -89,9 +89,7 @@ class FoldRunner:
         return ahead
 
     async def start(self) -> None:
-        positions = {
-            p: st.position for p, st in self.projector.state.items() if st.stall is None
-        }
+        positions = {p: st.position for p, st in self.projector.state.items() if st.stall is None}
         self._reader = self._log.reader(self.topic, positions)
         self._task = asyncio.create_task(self._run(), name=f"fold:{self.topic}")
 
@@ -217,7 +215,9 @@ class FoldRunner:
             start, _end = await self._log.bounds(self.topic, p)
             if st.position < start:
                 stall = Stall(
-                    STALL_TRUNCATED, st.position, f"position {st.position} < log start {start}",
+                    STALL_TRUNCATED,
+                    st.position,
+                    f"position {st.position} < log start {start}",
                     _now_ms(),
                 )
                 self.projector.mark_stalled(p, stall)

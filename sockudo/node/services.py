@@ -69,9 +69,7 @@ class ChannelService:
         runner = self.runtime.runner
         if runner is None:
             return 0
-        return sum(
-            max(0, end - runner.position(p)) for p, end in self._appended_end.items()
-        )
+        return sum(max(0, end - runner.position(p)) for p, end in self._appended_end.items())
 
     async def publish(self, app: AppConfig, req: PublishRequest) -> dict[str, Outcome]:
         """Append one record per channel, wait for the fold, return the outcome per channel."""
@@ -178,7 +176,11 @@ class ChannelService:
         store = self.runtime.store
         assert store is not None
         return history_reads.read_page(
-            store, app.id, channel, query, stall=self._stall(app.id, channel),
+            store,
+            app.id,
+            channel,
+            query,
+            stall=self._stall(app.id, channel),
             node_id=self.settings.node_id,
         )
 

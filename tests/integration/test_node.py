@@ -112,7 +112,8 @@ def test_publish_acknowledges_fold_serials_and_history_serves_them(api: SignedCl
         "orders", direction="oldest_first", limit="2", cursor=first["next_cursor"]
     ).json()
     assert [i["serial"] for i in rest["items"]] == [3]
-    assert rest["has_more"] is False and rest["next_cursor"] is None
+    assert rest["has_more"] is False
+    assert rest["next_cursor"] is None
 
     state = api.history_state("orders").json()
     assert state["stream"]["next_serial"] == 4
@@ -129,7 +130,9 @@ def test_idempotent_publish_answers_the_original_and_conflicts_on_other_payload(
     first = publish_ok(api, "pay", 1, idempotency_key="k-1")
     again = publish_ok(api, "pay", 1, idempotency_key="k-1")
     assert again == first
-    conflict = api.publish({"name": "ev", "channel": "pay", "data": "other", "idempotency_key": "k-1"})
+    conflict = api.publish(
+        {"name": "ev", "channel": "pay", "data": "other", "idempotency_key": "k-1"}
+    )
     assert conflict.status_code == 409
     assert conflict.json()["code"] == "idempotency_conflict"
     assert api.history_state("pay").json()["stream"]["next_serial"] == 2
@@ -142,7 +145,9 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("label", "kw", "status", "code"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("label", "kw", "status", "code"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
 def test_rejected_signatures_append_nothing(
     api: SignedClient, label: str, kw: dict[str, Any], status: int, code: str
 ) -> None:
@@ -160,8 +165,12 @@ def test_malformed_requests_get_their_error_and_the_node_keeps_serving(
         (b"{not json", {}, 400, "invalid_input"),
         (b'{"name":"ev","channel":"bad name!","data":"x"}', {}, 400, "invalid_input"),
         (b'{"name":"ev","data":"x"}', {}, 400, "missing_channel_info"),
-        (json.dumps({"name": "ev", "channel": "c", "data": "x" * 200_000}).encode(), {}, 413,
-         "payload_too_large"),
+        (
+            json.dumps({"name": "ev", "channel": "c", "data": "x" * 200_000}).encode(),
+            {},
+            413,
+            "payload_too_large",
+        ),
         (b"x" * (10 * 1024 * 1024 + 1), {}, 413, "payload_too_large"),
     ]
     for body, kw, status, code in cases:
@@ -171,13 +180,19 @@ def test_malformed_requests_get_their_error_and_the_node_keeps_serving(
     query_signed_for = b'{"name":"ev","channel":"c","data":"x"}'
     from sockudo.auth import signed_query_params
 
-    params = signed_query_params(APP_KEY, APP_SECRET, "POST", path, timestamp=int(time.time()),
-                                 body=query_signed_for)
+    params = signed_query_params(
+        APP_KEY, APP_SECRET, "POST", path, timestamp=int(time.time()), body=query_signed_for
+    )
     r = api.http.post(path, params=params, content=b'{"name":"ev","channel":"c","data":"y"}')
     assert (r.status_code, r.json()["code"]) == (401, "auth_failed")
     # Disabled app: valid signature, then 403.
-    r = api.request("POST", "/apps/disabled-app/events", body=b"{}", key="disabled-key",
-                    secret="disabled-secret")
+    r = api.request(
+        "POST",
+        "/apps/disabled-app/events",
+        body=b"{}",
+        key="disabled-key",
+        secret="disabled-secret",
+    )
     assert (r.status_code, r.json()["code"]) == (403, "app_disabled")
     # Unknown route: plain-text 404.
     r = api.http.get("/nope")
@@ -201,8 +216,12 @@ def test_sigkill_during_publish_load_loses_no_acknowledged_event(
             while not stop.is_set():
                 try:
                     r = client.publish(
-                        {"name": "ev", "channel": "load", "data": f"{worker}-{i}",
-                         "info": "subscription_count"}
+                        {
+                            "name": "ev",
+                            "channel": "load",
+                            "data": f"{worker}-{i}",
+                            "info": "subscription_count",
+                        }
                     )
                 except Exception:
                     return  # the node died under us: only acknowledged events count
@@ -262,18 +281,31 @@ def test_sigterm_shuts_down_cleanly_and_restart_keeps_state(
 
 def test_rebuild_verify_reports_identical_projections(api: SignedClient, node: NodeProcess) -> None:
     for i in range(60):
-        publish_ok(api, ("a", "b", "c")[i % 3], i, **({"idempotency_key": f"k{i}"} if i % 4 == 0 else {}))
+        publish_ok(
+            api, ("a", "b", "c")[i % 3], i, **({"idempotency_key": f"k{i}"} if i % 4 == 0 else {})
+        )
     reset = api.request(
-        "POST", f"/apps/{APP_ID}/channels/a/history/reset",
-        body=json.dumps({"confirm_channel": "a", "confirm_operation": "reset", "reason": "t"}).encode(),
+        "POST",
+        f"/apps/{APP_ID}/channels/a/history/reset",
+        body=json.dumps(
+            {"confirm_channel": "a", "confirm_operation": "reset", "reason": "t"}
+        ).encode(),
     )
     assert reset.status_code == 200, reset.text
     assert reset.json()["purged_messages"] == 20
     assert publish_ok(api, "a", 99)["history_serial"] == 1
     purge = api.request(
-        "POST", f"/apps/{APP_ID}/channels/b/history/purge",
-        body=json.dumps({"confirm_channel": "b", "confirm_operation": "purge", "reason": "t",
-                         "mode": "before_serial", "before_serial": 5}).encode(),
+        "POST",
+        f"/apps/{APP_ID}/channels/b/history/purge",
+        body=json.dumps(
+            {
+                "confirm_channel": "b",
+                "confirm_operation": "purge",
+                "reason": "t",
+                "mode": "before_serial",
+                "before_serial": 5,
+            }
+        ).encode(),
     )
     assert purge.status_code == 200, purge.text
     assert purge.json()["purged_messages"] == 4
@@ -313,7 +345,7 @@ def test_log_truncation_is_reported_and_reads_fail_closed(
         await log.start()
         try:
             p = partition_of(node, "trunc")
-            start, end = await log.bounds(topic(node), p)
+            _start, end = await log.bounds(topic(node), p)
             await log.delete_records(topic(node), p, end - 4)
             assert (await log.bounds(topic(node), p))[0] == end - 4
         finally:

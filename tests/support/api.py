@@ -45,9 +45,7 @@ class SignedClient:
             body=body,
             params=params,
         )
-        return self.http.request(
-            method, path, params=query, content=body or None, headers=headers
-        )
+        return self.http.request(method, path, params=query, content=body or None, headers=headers)
 
     def publish(self, body: dict[str, Any], **kw: Any) -> httpx.Response:
         return self.request(

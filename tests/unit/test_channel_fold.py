@@ -91,7 +91,12 @@ def test_serials_are_contiguous_and_stream_id_comes_from_the_first_record() -> N
     assert {r.outcome.stream_id for r in results} == {expected_stream}
     head = read_head(kv, keys.channel_prefix("app", "chat"))
     assert head is not None
-    assert (head.next_h, head.retained_count, head.oldest_serial, head.newest_serial) == (6, 5, 1, 5)
+    assert (head.next_h, head.retained_count, head.oldest_serial, head.newest_serial) == (
+        6,
+        5,
+        1,
+        5,
+    )
     raw = kv.get(keys.HISTORY, keys.history_key(keys.channel_prefix("app", "chat"), 1, 3))
     assert raw is not None
     row = HistoryRow.decode(raw)
@@ -136,7 +141,8 @@ def test_repeated_event_id_is_a_duplicate_with_the_original_serial() -> None:
     assert results[2].outcome.history_serial == 1
     assert results[2].deliveries == ()
     head = read_head(kv, keys.channel_prefix("app", "chat"))
-    assert head is not None and head.next_h == 3
+    assert head is not None
+    assert head.next_h == 3
 
 
 def test_idempotency_key_same_fingerprint_duplicates_other_fingerprint_conflicts() -> None:
@@ -166,7 +172,11 @@ def test_idempotency_key_expires_by_record_time() -> None:
     # step 600 ms: the third record lands 1.2 s after the first, past the TTL.
     results = run(
         kv,
-        [publish(n=0, idempotency=claim), publish(n=1, idempotency=claim), publish(n=2, idempotency=claim)],
+        [
+            publish(n=0, idempotency=claim),
+            publish(n=1, idempotency=claim),
+            publish(n=2, idempotency=claim),
+        ],
         step_ms=600,
     )
     assert [r.outcome.kind for r in results] == [APPLIED, DUPLICATE, APPLIED]
@@ -177,8 +187,12 @@ def test_reset_opens_a_new_generation_and_restarts_serials() -> None:
     kv = MemoryKV()
     new_id = str(uuid.uuid4())
     reset = HistoryReset(
-        event_id=str(uuid.uuid4()), app_id="app", channel="chat", origin=ORIGIN,
-        new_stream_id=new_id, reason="ops",
+        event_id=str(uuid.uuid4()),
+        app_id="app",
+        channel="chat",
+        origin=ORIGIN,
+        new_stream_id=new_id,
+        reason="ops",
     )
     results = run(kv, [publish(n=0), publish(n=1), reset, publish(n=2)])
     assert results[2].outcome.details["purged_messages"] == 2
@@ -193,8 +207,13 @@ def test_reset_opens_a_new_generation_and_restarts_serials() -> None:
 def test_purge_before_serial_moves_the_floor_not_the_generation() -> None:
     kv = MemoryKV()
     purge = HistoryPurged(
-        event_id=str(uuid.uuid4()), app_id="app", channel="chat", origin=ORIGIN,
-        mode="before_serial", before_serial=3, reason="trim",
+        event_id=str(uuid.uuid4()),
+        app_id="app",
+        channel="chat",
+        origin=ORIGIN,
+        mode="before_serial",
+        before_serial=3,
+        reason="trim",
     )
     results = run(kv, [publish(n=i) for i in range(4)] + [purge, publish(n=9)])
     assert results[4].outcome.details["purged_messages"] == 2
