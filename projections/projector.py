@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from projections.folds.channel import CHANNEL_EVENT_TYPES, ChannelState, RecordContext, fold
-from projections.folds.state import IGNORED, Delivery, Outcome
+from projections.folds.state import IGNORED, Delivery, Outcome, StreamHead
 from projections.store import keys
 from projections.store.kv import Overlay
 from projections.store.rocks import FOLD_VERSION, Checkpoint, ProjectionStore, Stall
@@ -21,6 +21,9 @@ from sockudo.log.base import LogRecord
 STALL_TRUNCATED = "projection_log_truncated"
 STALL_UNDECODABLE = "projection_stalled_unknown_schema"
 STALL_AHEAD = "projection_ahead_of_log"
+
+_HEAD_CACHE_LIMIT = 100_000
+"""Stream heads kept decoded between batches; the projector is their only writer."""
 
 Decoder = Callable[[LogRecord], object]
 Partitioner = Callable[[bytes, int], int]
@@ -62,6 +65,7 @@ class Projector:
         self._decode = decode
         self._partitioner = partitioner
         self.state: dict[int, PartitionState] = {}
+        self._heads: dict[bytes, StreamHead | None] = {}
         for p in range(partitions):
             ckpt = store.checkpoint(topic, p)
             self.state[p] = PartitionState(
@@ -96,7 +100,9 @@ class Projector:
         ``now_ms`` only stamps stall records; the fold itself uses record times.
         """
         overlay = Overlay(self.store)
-        channel_state = ChannelState(overlay)
+        if len(self._heads) > _HEAD_CACHE_LIMIT:
+            self._heads.clear()
+        channel_state = ChannelState(overlay, self._heads)
         result = BatchResult()
         touched: set[int] = set()
         for rec in records:
@@ -149,5 +155,9 @@ class Projector:
             ).encode()
             if st.stall is not None:
                 meta[keys.stall_key(self.topic, p)] = st.stall.encode()
-        self.store.write(overlay.changes(), meta)
+        try:
+            self.store.write(overlay.changes(), meta)
+        except BaseException:
+            self._heads.clear()  # cached heads hold this batch's uncommitted updates
+            raise
         return result

@@ -87,9 +87,11 @@ class ChannelState:
     One instance lives for one batch; ``flush`` must run before the batch is committed.
     """
 
-    def __init__(self, kv: KV) -> None:
+    def __init__(self, kv: KV, cache: dict[bytes, StreamHead | None] | None = None) -> None:
         self.kv = kv
-        self._heads: dict[bytes, StreamHead | None] = {}
+        # ``cache`` may outlive the batch (the projector's committed heads); it must then be
+        # dropped if the batch fails to commit, since heads are updated in place.
+        self._heads: dict[bytes, StreamHead | None] = {} if cache is None else cache
         self._dirty: set[bytes] = set()
 
     def head(self, ck: bytes) -> StreamHead | None:
