@@ -18,19 +18,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from projections.projector import Projector  # noqa: E402
-from projections.store.rocks import ProjectionStore  # noqa: E402
-from sockudo.events import codec  # noqa: E402
-from sockudo.events.channel import MessagePublished, Origin  # noqa: E402
-from sockudo.log.base import EventLog, LogRecord  # noqa: E402
-from sockudo.log.partitioning import channel_key, partition_for  # noqa: E402
-from sockudo.node.runtime import decode_record  # noqa: E402
-from tools.rebuild import replay  # noqa: E402
+from projections.projector import Projector
+from projections.store.rocks import ProjectionStore
+from sockudo.events import codec
+from sockudo.events.channel import MessagePublished, Origin
+from sockudo.log.base import EventLog, LogRecord
+from sockudo.log.partitioning import channel_key, partition_for
+from sockudo.node.runtime import decode_record
+from tools.rebuild import replay
 
 TOPIC = "bench.channel-events"
 
 
-def make_records(n: int, channels: int = 1000) -> list[tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]]:
+def make_records(
+    n: int, channels: int = 1000
+) -> list[tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]]:
     origin = Origin(node="bench/1-abcd")
     out = []
     for i in range(n):
@@ -66,12 +68,17 @@ def bench_fold(records: list[tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]]
     return len(records) / elapsed
 
 
-async def fill(log: EventLog, records: list[tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]]) -> None:
+async def fill(
+    log: EventLog, records: list[tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]]
+) -> None:
     await log.ensure_topic(TOPIC, 1, {"cleanup.policy": "delete"})
     window = 2000
     for i in range(0, len(records), window):
         await asyncio.gather(
-            *(log.append(TOPIC, 0, k, v, h, timeout_ms=30_000) for k, v, h in records[i : i + window])
+            *(
+                log.append(TOPIC, 0, k, v, h, timeout_ms=30_000)
+                for k, v, h in records[i : i + window]
+            )
         )
 
 

@@ -13,6 +13,8 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from prometheus_client import make_asgi_app
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from sockudo.config import Settings, load_settings
 from sockudo.errors import ConfigError
@@ -57,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
     return p
+
+
+def metrics_app() -> Starlette:
+    """``GET /metrics`` only; Starlette answers lifespan and unknown routes."""
+    return Starlette(routes=[Mount("/metrics", app=make_asgi_app(REGISTRY))])
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -111,14 +111,14 @@ class NodeProcess:
         self.config_path.write_text(
             CONFIG.format(app_id=APP_ID, app_key=APP_KEY, app_secret=APP_SECRET)
         )
-        logf = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sockudo.node.cli", "--config", str(self.config_path)],
-            env=self.env(),
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with self.log_path.open("ab") as logf:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sockudo.node.cli", "--config", str(self.config_path)],
+                env=self.env(),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
