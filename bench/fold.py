@@ -28,6 +28,7 @@ from sockudo.node.runtime import decode_record
 from tools.rebuild import replay
 
 TOPIC = "bench.channel-events"
+Encoded = list[tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]]
 
 
 def make_records(
@@ -52,7 +53,7 @@ def make_records(
     return out
 
 
-def bench_fold(records: list[tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]]) -> float:
+def bench_fold(records: Encoded) -> float:
     with tempfile.TemporaryDirectory() as d:
         store = ProjectionStore(Path(d) / "p")
         projector = Projector(store, TOPIC, 1, decode_record, partition_for)
