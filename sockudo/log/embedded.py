@@ -1,0 +1,892 @@
+"""The embedded single-node event log: RocksDB through rocksdict (spec 05 §8.1).
+
+Layout of the database (its own directory, never the projection DB):
+
+- column family ``t:{topic}`` per topic; key = ``u32 partition ‖ u64 offset`` big-endian, so key
+  order is (partition, offset) order and one partition is one contiguous key range;
+- value = the record frame (all integers big-endian)::
+
+      u8 format (1) ‖ i64 append_ts_ms ‖ u16 n_headers ‖ (u16 len, name, u32 len, value)* ‖
+      i32 key_len (-1 = null) ‖ key ‖ i32 value_len (-1 = tombstone) ‖ value ‖
+      u32 CRC-32 (zlib) of all previous bytes
+
+- column family ``meta``: ``topic/{name}`` → JSON ``{"partitions": n, "config": {...}}`` and
+  ``start/{topic}/{p}`` → u64 log start offset (absent = 0).
+
+Durability: with ``fsync="always"`` (the default) ``append`` returns only after the record's
+``WriteBatch`` was written with ``sync=True``. Appends are group-committed: ``append`` assigns the
+offset and timestamp and adds the framed record to the open batch; one writer task hands the
+whole batch to a dedicated thread for a single synced write while the event loop keeps filling
+the next batch, then resolves every waiting append at once. A synced RocksDB write costs about
+as much for one record as for a thousand, so throughput grows with the number of concurrent
+appenders instead of being capped at the disk's fsync rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rocksdict import AccessType, ColumnFamily, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from sockudo.errors import (
+    AppendOutcomeUnknown,
+    LogError,
+    LogUnavailable,
+    OffsetOutOfRange,
+    RecordTooLarge,
+    TopicMismatch,
+    UnknownTopic,
+)
+from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec
+
+__all__ = ["FRAME_FORMAT", "EmbeddedLog", "EmbeddedReader", "decode_frame", "encode_frame"]
+
+FRAME_FORMAT = 1
+"""Version byte at the start of every stored frame."""
+
+FSYNC_MODES = ("always", "interval", "never")
+
+_KEY = struct.Struct(">IQ")
+_HEAD = struct.Struct(">BqH")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_I32 = struct.Struct(">i")
+_U64 = struct.Struct(">Q")
+_NULL = _I32.pack(-1)
+_MAX_OFFSET = (1 << 64) - 1
+_META_CF = "meta"
+_TOPIC_CF_PREFIX = "t:"
+_DEFAULT_DELETE_RETENTION_MS = 86_400_000
+
+_T = TypeVar("_T")
+
+
+# -- frames -------------------------------------------------------------------------------
+
+
+def encode_frame(
+    timestamp_ms: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] = (),
+) -> bytes:
+    """The stored bytes of one record (layout in the module docstring)."""
+    parts = [_HEAD.pack(FRAME_FORMAT, timestamp_ms, len(headers))]
+    for name, raw in headers:
+        encoded = name.encode()
+        parts += (_U16.pack(len(encoded)), encoded, _U32.pack(len(raw)), raw)
+    if key is None:
+        parts.append(_NULL)
+    else:
+        parts += (_I32.pack(len(key)), key)
+    if value is None:
+        parts.append(_NULL)
+    else:
+        parts += (_I32.pack(len(value)), value)
+    body = b"".join(parts)
+    return body + _U32.pack(zlib.crc32(body))
+
+
+def decode_frame(frame: bytes) -> tuple[int, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]:
+    """``(timestamp_ms, key, value, headers)`` of a stored frame; ``LogError`` if corrupt."""
+    if len(frame) < _HEAD.size + 12:
+        raise LogError(f"corrupt log record: frame of {len(frame)} bytes is too short")
+    view = memoryview(frame)
+    (crc,) = _U32.unpack_from(frame, len(frame) - 4)
+    if zlib.crc32(view[:-4]) != crc:
+        raise LogError("corrupt log record: CRC-32 mismatch")
+    fmt, ts, n_headers = _HEAD.unpack_from(frame, 0)
+    if fmt != FRAME_FORMAT:
+        raise LogError(f"corrupt log record: unknown frame format {fmt}")
+    try:
+        pos = _HEAD.size
+        headers: list[tuple[str, bytes]] = []
+        for _ in range(n_headers):
+            (n,) = _U16.unpack_from(frame, pos)
+            name = bytes(view[pos + 2 : pos + 2 + n]).decode()
+            pos += 2 + n
+            (n,) = _U32.unpack_from(frame, pos)
+            headers.append((name, frame[pos + 4 : pos + 4 + n]))
+            pos += 4 + n
+        (n,) = _I32.unpack_from(frame, pos)
+        pos += 4
+        key = None if n < 0 else frame[pos : pos + n]
+        pos += max(n, 0)
+        (n,) = _I32.unpack_from(frame, pos)
+        pos += 4
+        value = None if n < 0 else frame[pos : pos + n]
+        pos += max(n, 0)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise LogError(f"corrupt log record: {exc}") from exc
+    if pos != len(frame) - 4:
+        raise LogError("corrupt log record: length fields do not match the frame size")
+    return ts, key, value, tuple(headers)
+
+
+def _frame_timestamp(frame: bytes) -> int:
+    ts: int = _HEAD.unpack_from(frame, 0)[1]
+    return ts
+
+
+def _record_size(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> int:
+    size = (0 if key is None else len(key)) + (0 if value is None else len(value))
+    for name, raw in headers:
+        size += len(name) + len(raw)
+    return size
+
+
+def _policies(value: str) -> frozenset[str]:
+    """``cleanup.policy`` as a set: ``"compact,delete"`` equals ``"delete,compact"``."""
+    return frozenset(p.strip() for p in value.split(",") if p.strip())
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- in-memory state ----------------------------------------------------------------------
+
+
+class _Partition:
+    """Offsets of one partition: what is assigned, what is durable, where the log starts."""
+
+    __slots__ = ("committed_ts", "end", "index", "last_ts", "next", "start", "topic")
+
+    def __init__(self, topic: _Topic, index: int, start: int, end: int, last_ts: int) -> None:
+        self.topic = topic
+        self.index = index
+        self.start = start
+        self.end = end
+        """Next offset after the last durable record (what readers and ``bounds`` see)."""
+        self.next = end
+        """Next offset to assign; runs ahead of ``end`` while a batch is being written."""
+        self.last_ts = last_ts
+        self.committed_ts = last_ts
+
+
+@dataclass(eq=False)
+class _Topic:
+    spec: TopicSpec
+    cf: Rdict
+    handle: ColumnFamily
+    parts: list[_Partition] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    """Readers parked at the end of every partition, woken after the next commit."""
+
+    def wake_readers(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+# A pending append: (future to resolve, partition, offset, timestamp).
+_Pending = tuple["asyncio.Future[AppendResult]", _Partition, int, int]
+
+
+def _start_key(topic: str, partition: int) -> bytes:
+    return f"start/{topic}/{partition}".encode()
+
+
+def _topic_key(topic: str) -> bytes:
+    return f"topic/{topic}".encode()
+
+
+def _raw_options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    return opts
+
+
+def _read_until(partition: int, upper: int) -> ReadOptions:
+    """Iterate keys below ``(partition, upper)``; callers seek to their first key.
+
+    Only the upper bound is set: rocksdict 0.3.29's ``set_iterate_lower_bound`` overwrites the
+    upper bound instead (seen in a run), which would end every scan immediately. The returned
+    options must stay referenced while the iterator is used: the iterator does not keep them
+    alive, and a freed bound makes every scan empty.
+    """
+    opts = ReadOptions()
+    opts.set_iterate_upper_bound(_KEY.pack(partition, upper))
+    return opts
+
+
+class EmbeddedLog:
+    """A durable single-node ``EventLog`` stored in RocksDB (spec 05 §8.1).
+
+    One process may open a path read-write (RocksDB holds a lock file); any number of
+    processes may open it read-only at the same time (``open_read_only``), e.g.
+    ``sockudo-tools`` next to a running node. A read-only log sees the records that were
+    durable when it was started.
+
+    ``sync_batches`` counts synced group commits and ``write_batches`` all batch writes, so
+    tests and benchmarks can see how many records share one fsync.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: str = "always",
+        fsync_interval_ms: int = 100,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+        read_only: bool = False,
+        clock: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
+        if fsync_interval_ms <= 0:
+            raise ValueError("fsync_interval_ms must be positive")
+        self.path = Path(path)
+        self.fsync = fsync
+        self.read_only = read_only
+        self._interval_s = fsync_interval_ms / 1000
+        self._max_record_bytes = max_record_bytes
+        self._clock = clock
+        self._db: Rdict | None = None
+        self._meta: Rdict | None = None
+        self._meta_handle: ColumnFamily | None = None
+        self._topics: dict[str, _Topic] = {}
+        self._readers: set[EmbeddedReader] = set()
+        self._admin_lock = asyncio.Lock()
+        self._write_opts = WriteOptions()
+        self._write_opts.sync = fsync == "always"
+        self._sync_opts = WriteOptions()
+        self._sync_opts.sync = fsync != "never"
+        # One thread owns every batch write, so group commits never overlap each other and
+        # never wait behind a long read or compaction scan in the default executor.
+        self._writer_pool: ThreadPoolExecutor | None = None
+        # Scans (polls, time lookups, compaction) run here; close() waits for them to finish
+        # before the database is closed under them.
+        self._read_pool: ThreadPoolExecutor | None = None
+        self._batch = WriteBatch(raw_mode=True)
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._unflushed = False
+        self._closing = False
+        self._failure: BaseException | None = None
+        self.sync_batches = 0
+        """Batch writes made with ``sync=True`` (one fsync each)."""
+        self.write_batches = 0
+        """All batch writes of appended records."""
+
+    @classmethod
+    def open_read_only(cls, path: str | os.PathLike[str]) -> EmbeddedLog:
+        """A log that reads ``path`` without locking it (the node may be running); not started."""
+        return cls(path, read_only=True)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._db is not None:
+            return
+        if self._closing:
+            raise LogUnavailable("embedded log is closed")
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sockudo-log-writer")
+        self._read_pool = ThreadPoolExecutor(2, thread_name_prefix="sockudo-log-reader")
+        try:
+            await self._on_writer(self._open)
+        except BaseException:
+            self._writer_pool.shutdown(wait=False)
+            self._read_pool.shutdown(wait=False)
+            self._writer_pool = self._read_pool = None
+            raise
+        if not self.read_only:
+            self._writer = asyncio.create_task(self._write_loop(), name="embedded-log-writer")
+            if self.fsync == "interval":
+                self._flusher = asyncio.create_task(self._flush_loop(), name="embedded-log-fsync")
+
+    def _open(self) -> None:
+        """Open the database and recover every partition's offsets (runs in the writer thread)."""
+        path = str(self.path)
+        try:
+            if self.read_only:
+                if not (self.path / "CURRENT").exists():
+                    raise LogUnavailable(f"no embedded log at {self.path}")
+                db = Rdict(
+                    path,
+                    Options(raw_mode=True),
+                    access_type=AccessType.read_only(False),
+                )
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                existing = (
+                    Rdict.list_cf(path, Options(raw_mode=True))
+                    if (self.path / "CURRENT").exists()
+                    else []
+                )
+                cfs = {name: Options(raw_mode=True) for name in {*existing, _META_CF}}
+                cfs.pop("default", None)
+                db = Rdict(path, _raw_options(), column_families=cfs)
+        except LogUnavailable:
+            raise
+        except Exception as exc:
+            raise LogUnavailable(f"cannot open embedded log at {self.path}: {exc}") from exc
+        self._db = db
+        cf_names = set(Rdict.list_cf(path, Options(raw_mode=True)))
+        if _META_CF not in cf_names:  # read-only open of a log that never had a topic
+            return
+        self._meta = db.get_column_family(_META_CF)
+        self._meta_handle = db.get_column_family_handle(_META_CF)
+        for raw_key, raw_value in self._meta.items(from_key=b"topic/"):
+            if not raw_key.startswith(b"topic/"):
+                break
+            name = raw_key[len(b"topic/") :].decode()
+            info = json.loads(raw_value)
+            spec = TopicSpec(name, int(info["partitions"]), dict(info["config"]))
+            if _TOPIC_CF_PREFIX + name not in cf_names:
+                raise LogError(f"embedded log: topic {name} has no column family")
+            self._topics[name] = self._load_topic(spec)
+
+    def _load_topic(self, spec: TopicSpec) -> _Topic:
+        assert self._db is not None and self._meta is not None
+        cf_name = _TOPIC_CF_PREFIX + spec.name
+        topic = _Topic(
+            spec, self._db.get_column_family(cf_name), self._db.get_column_family_handle(cf_name)
+        )
+        for p in range(spec.partitions):
+            raw_start = self._meta.get(_start_key(spec.name, p))
+            start = 0 if raw_start is None else _U64.unpack(raw_start)[0]
+            # The next offset is one past the last key of the partition. Compaction never
+            # removes a partition's last record, and when truncation removed every record the
+            # stored start is the end.
+            bound = _read_until(p, _MAX_OFFSET)  # must outlive the iterator
+            it = topic.cf.iter(bound)
+            it.seek_to_last()
+            end, last_ts = start, 0
+            if it.valid() and _KEY.unpack(it.key())[0] == p:
+                end = max(start, _KEY.unpack(it.key())[1] + 1)
+                last_ts = _frame_timestamp(it.value())
+            del it
+            topic.parts.append(_Partition(topic, p, start, end, last_ts))
+        return topic
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._writer is not None:
+            # The writer drains every append accepted before close, then exits.
+            self._wake.set()
+            with contextlib.suppress(Exception):
+                await self._writer
+            self._writer = None
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        for reader in list(self._readers):
+            reader._closed = True
+        self._readers.clear()
+        for topic in self._topics.values():
+            topic.wake_readers()
+        if self._read_pool is not None:
+            await asyncio.to_thread(self._read_pool.shutdown, True)
+            self._read_pool = None
+        if self._db is not None and self._writer_pool is not None:
+            await self._on_writer(self._close_db)
+        if self._writer_pool is not None:
+            self._writer_pool.shutdown(wait=True)
+            self._writer_pool = None
+
+    def _close_db(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        if not self.read_only and self.fsync != "always" and self._failure is None:
+            with contextlib.suppress(Exception):
+                db.flush_wal(True)
+        # Column family objects and handles keep the database (and its lock file) alive
+        # until they are released, so drop every one of them before closing.
+        topics = list(self._topics.values())
+        self._topics.clear()
+        for topic in topics:
+            topic.cf.close()
+            del topic.cf, topic.handle
+        if self._meta is not None:
+            self._meta.close()
+        self._meta = self._meta_handle = None
+        self._batch = WriteBatch(raw_mode=True)
+        db.close()
+
+    def _require_open(self) -> Rdict:
+        if self._db is None or self._closing:
+            raise LogUnavailable("embedded log is not started (or already closed)")
+        return self._db
+
+    def _require_writable(self) -> Rdict:
+        db = self._require_open()
+        if self.read_only:
+            raise LogUnavailable(f"embedded log at {self.path} is opened read-only")
+        if self._failure is not None:
+            raise LogUnavailable(f"embedded log failed earlier and must be reopened: {self._failure}")
+        return db
+
+    async def _on_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
+        assert self._writer_pool is not None
+        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, fn, *args)
+
+    async def _on_reader(self, fn: Callable[..., _T], *args: Any) -> _T:
+        self._require_open()
+        assert self._read_pool is not None
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, *args)
+
+    # -- topics --------------------------------------------------------------------------
+
+    async def ensure_topic(self, name: str, partitions: int, config: Mapping[str, str]) -> None:
+        if partitions < 1:
+            raise LogError(f"topic {name}: partitions must be >= 1, not {partitions}")
+        async with self._admin_lock:
+            existing = self._topics.get(name)
+            if existing is None:
+                self._require_writable()
+                spec = TopicSpec(name, partitions, dict(config))
+                self._topics[name] = await self._on_writer(self._create_topic, spec)
+                return
+        actual = existing.spec
+        if actual.partitions != partitions:
+            raise TopicMismatch(
+                f"topic {name}: expected {partitions} partitions, actual {actual.partitions} partitions"
+            )
+        expected_policy = config.get("cleanup.policy", "delete")
+        if _policies(actual.cleanup_policy) != _policies(expected_policy):
+            raise TopicMismatch(
+                f"topic {name}: expected cleanup.policy={expected_policy}, "
+                f"actual cleanup.policy={actual.cleanup_policy}"
+            )
+
+    def _create_topic(self, spec: TopicSpec) -> _Topic:
+        db = self._require_open()
+        if self._meta is None:
+            self._meta = db.get_column_family(_META_CF)
+            self._meta_handle = db.get_column_family_handle(_META_CF)
+        cf_name = _TOPIC_CF_PREFIX + spec.name
+        # A crash between creating the column family and writing the spec leaves an empty
+        # family without a spec: reuse it.
+        if cf_name not in Rdict.list_cf(str(self.path), Options(raw_mode=True)):
+            db.create_column_family(cf_name, Options(raw_mode=True))
+        info = {"partitions": spec.partitions, "config": dict(spec.config)}
+        self._meta.put(_topic_key(spec.name), json.dumps(info, sort_keys=True).encode(), self._sync_opts)
+        return self._load_topic(spec)
+
+    async def partitions(self, topic: str) -> int:
+        return len(self._topic(topic).parts)
+
+    def topics(self) -> dict[str, TopicSpec]:
+        """Every topic of the log with its partitions and config."""
+        self._require_open()
+        return {name: t.spec for name, t in self._topics.items()}
+
+    def _topic(self, name: str) -> _Topic:
+        self._require_open()
+        topic = self._topics.get(name)
+        if topic is None:
+            raise UnknownTopic(f"topic {name} does not exist")
+        return topic
+
+    def _partition(self, topic: str, partition: int) -> _Partition:
+        t = self._topic(topic)
+        if not 0 <= partition < len(t.parts):
+            raise UnknownTopic(f"topic {topic} has {len(t.parts)} partitions, no partition {partition}")
+        return t.parts[partition]
+
+    # -- appends -------------------------------------------------------------------------
+
+    async def append(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        *,
+        timeout_ms: int,
+    ) -> AppendResult:
+        t = self._topics.get(topic)
+        if t is None or self._closing or self._db is None:
+            self._require_open()
+            raise UnknownTopic(f"topic {topic} does not exist")
+        if self.read_only or self._failure is not None:
+            self._require_writable()
+        if not 0 <= partition < len(t.parts):
+            raise UnknownTopic(f"topic {topic} has {len(t.parts)} partitions, no partition {partition}")
+        size = _record_size(key, value, headers)
+        if size > self._max_record_bytes:
+            raise RecordTooLarge(
+                f"record of {size} bytes exceeds the limit of {self._max_record_bytes} bytes"
+            )
+        # Offsets and timestamps are assigned here, in arrival order, so records of one
+        # partition are ordered exactly as their appends were called; nothing below awaits
+        # before the record is in the batch.
+        ps = t.parts[partition]
+        offset = ps.next
+        now = self._clock()
+        ts = now if now > ps.last_ts else ps.last_ts
+        try:
+            frame = encode_frame(ts, key, value, headers)
+        except struct.error as exc:  # a u16 count or name length overflowed
+            raise RecordTooLarge(f"record headers do not fit the frame: {exc}") from exc
+        self._batch.put(_KEY.pack(partition, offset), frame, t.handle)
+        ps.next = offset + 1
+        ps.last_ts = ts
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[AppendResult] = loop.create_future()
+        self._pending.append((fut, ps, offset, ts))
+        if not self._wake.is_set():
+            self._wake.set()
+        timer = loop.call_later(timeout_ms / 1000, _expire, fut, topic, partition, timeout_ms)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # Swap the open batch out: appends arriving while it is written go to the next one.
+            batch, pending = self._batch, self._pending
+            self._batch, self._pending = WriteBatch(raw_mode=True), []
+            assert self._db is not None and self._writer_pool is not None
+            try:
+                await loop.run_in_executor(self._writer_pool, self._db.write, batch, self._write_opts)
+            except Exception as exc:
+                self._fail_all(pending, exc)
+                return
+            self.write_batches += 1
+            if self.fsync == "always":
+                self.sync_batches += 1
+            else:
+                self._unflushed = True
+            touched: set[_Topic] = set()
+            for fut, ps, offset, ts in pending:
+                # Pending appends are in offset order per partition, so the last one wins.
+                ps.end = offset + 1
+                ps.committed_ts = ts
+                touched.add(ps.topic)
+                if not fut.done():
+                    fut.set_result(AppendResult(ps.index, offset, ts))
+            for topic in touched:
+                if topic.waiters:
+                    topic.wake_readers()
+
+    def _fail_all(self, written: list[_Pending], exc: Exception) -> None:
+        """A batch write failed: the log stops accepting appends until it is reopened.
+
+        RocksDB may have put the failed batch into its WAL, so those offsets can reappear
+        after a restart; reusing them in this session could give two records one offset.
+        """
+        self._failure = exc
+        queued, self._pending = self._pending, []
+        self._batch = WriteBatch(raw_mode=True)
+        for fut, ps, _offset, _ts in written:
+            ps.next, ps.last_ts = ps.end, ps.committed_ts
+            if not fut.done():
+                fut.set_exception(AppendOutcomeUnknown(f"embedded log write failed: {exc}"))
+        for fut, ps, _offset, _ts in queued:
+            ps.next, ps.last_ts = ps.end, ps.committed_ts
+            if not fut.done():
+                fut.set_exception(LogUnavailable(f"embedded log write failed: {exc}"))
+
+    async def _flush_loop(self) -> None:
+        # fsync="interval": appends are acknowledged after the (unsynced) write; the WAL is
+        # synced here, so a power loss drops at most one interval of acknowledged records.
+        while True:
+            await asyncio.sleep(self._interval_s)
+            if self._unflushed and self._db is not None:
+                self._unflushed = False
+                try:
+                    await self._on_writer(self._db.flush_wal, True)
+                except Exception as exc:
+                    self._failure = exc
+                    return
+
+    # -- offsets and truncation ----------------------------------------------------------
+
+    async def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        ps = self._partition(topic, partition)
+        return ps.start, ps.end
+
+    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
+        ps = self._partition(topic, partition)
+        if ps.start >= ps.end:
+            return None
+        return await self._on_reader(_search_time, ps.topic.cf, partition, ps.start, ps.end, ts_ms)
+
+    async def delete_records(self, topic: str, partition: int, before_offset: int) -> int:
+        ps = self._partition(topic, partition)
+        self._require_writable()
+        async with self._admin_lock:
+            if before_offset > ps.end or before_offset < 0:
+                raise OffsetOutOfRange(
+                    ps.start,
+                    ps.end,
+                    f"cannot delete {topic}[{partition}] before {before_offset}: "
+                    f"log_start={ps.start} end={ps.end}",
+                )
+            if before_offset <= ps.start:
+                return ps.start
+            batch = WriteBatch(raw_mode=True)
+            batch.delete_range(
+                _KEY.pack(partition, ps.start), _KEY.pack(partition, before_offset), ps.topic.handle
+            )
+            batch.put(_start_key(topic, partition), _U64.pack(before_offset), self._meta_handle)
+            await self._on_writer(self._require_open().write, batch, self._sync_opts)
+            ps.start = before_offset
+            return before_offset
+
+    async def compact(self, topic: str, *, now_ms: int | None = None) -> int:
+        """Compact a ``cleanup.policy=compact`` topic; returns how many records were removed.
+
+        Keeps the newest record of every key (records without a key are never removed) and
+        never changes an offset. A superseded record is removed once it is older than
+        ``min.compaction.lag.ms``; a tombstone that is the newest record of its key is removed
+        once older than ``delete.retention.ms`` (default one day). The last record of a
+        partition always stays, because it is where the next offset is recovered from.
+        """
+        t = self._topic(topic)
+        self._require_writable()
+        if "compact" not in _policies(t.spec.cleanup_policy):
+            return 0
+        now = self._clock() if now_ms is None else now_ms
+        lag_ms = int(t.spec.config.get("min.compaction.lag.ms", "0"))
+        retention_ms = int(t.spec.config.get("delete.retention.ms", _DEFAULT_DELETE_RETENTION_MS))
+        removed = 0
+        async with self._admin_lock:
+            for ps in t.parts:
+                if ps.end - ps.start < 2:
+                    continue
+                doomed = await self._on_reader(
+                    _compaction_victims, t.cf, ps.index, ps.start, ps.end, now - lag_ms, now - retention_ms
+                )
+                if not doomed:
+                    continue
+                batch = WriteBatch(raw_mode=True)
+                for offset in doomed:
+                    batch.delete(_KEY.pack(ps.index, offset), t.handle)
+                await self._on_writer(self._require_open().write, batch, self._sync_opts)
+                removed += len(doomed)
+        return removed
+
+    # -- reading -------------------------------------------------------------------------
+
+    def reader(self, topic: str, positions: Mapping[int, int]) -> EmbeddedReader:
+        self._require_open()
+        reader = EmbeddedReader(self, topic, positions)
+        self._readers.add(reader)
+        return reader
+
+    def _forget_reader(self, reader: EmbeddedReader) -> None:
+        self._readers.discard(reader)
+
+
+def _expire(fut: asyncio.Future[AppendResult], topic: str, partition: int, timeout_ms: int) -> None:
+    # The record is already in a batch that will still be written: the caller cannot know.
+    if not fut.done():
+        fut.set_exception(
+            AppendOutcomeUnknown(f"append to {topic}[{partition}] not durable within {timeout_ms} ms")
+        )
+
+
+def _search_time(cf: Rdict, partition: int, start: int, end: int, ts_ms: int) -> int | None:
+    """First offset in ``[start, end)`` whose timestamp is ``>= ts_ms`` (binary search).
+
+    Timestamps never decrease along a partition, so "the first existing record at or after
+    offset x has ts >= ts_ms" is monotone in x even with compaction gaps.
+    """
+    bound = _read_until(partition, end)  # must outlive the iterator
+    it = cf.iter(bound)
+
+    def first_from(offset: int) -> tuple[int, int] | None:
+        it.seek(_KEY.pack(partition, offset))
+        if not it.valid():
+            return None
+        return _KEY.unpack(it.key())[1], _frame_timestamp(it.value())
+
+    lo, hi = start, end
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found = first_from(mid)
+        if found is None or found[1] >= ts_ms:
+            hi = mid
+        else:
+            lo = found[0] + 1
+    found = first_from(lo) if lo < end else None
+    return None if found is None else found[0]
+
+
+def _compaction_victims(
+    cf: Rdict, partition: int, start: int, end: int, lag_cutoff: int, tombstone_cutoff: int
+) -> list[int]:
+    newest: dict[bytes, int] = {}
+    records: list[tuple[int, bytes, int, bool]] = []
+    bound = _read_until(partition, end)  # must outlive the iterator
+    it = cf.iter(bound)
+    it.seek(_KEY.pack(partition, start))
+    while it.valid():
+        offset = _KEY.unpack(it.key())[1]
+        ts, key, value, _headers = decode_frame(it.value())
+        if key is not None:
+            newest[key] = offset
+            records.append((offset, key, ts, value is None))
+        it.next()
+    last = end - 1
+    doomed = []
+    for offset, key, ts, tombstone in records:
+        if offset == last:
+            continue
+        if newest[key] != offset:
+            if ts <= lag_cutoff:
+                doomed.append(offset)
+        elif tombstone and ts <= tombstone_cutoff:
+            doomed.append(offset)
+    return doomed
+
+
+def _scan(
+    cf: Rdict, topic: str, todo: Iterable[tuple[int, int, int]], max_records: int
+) -> tuple[list[LogRecord], dict[int, int]]:
+    """Read up to ``max_records`` records of ``(partition, from, end)`` ranges, in order.
+
+    Returns the records and each scanned partition's next position (past compaction gaps).
+    """
+    out: list[LogRecord] = []
+    positions: dict[int, int] = {}
+    for partition, offset, end in todo:
+        budget = max_records - len(out)
+        if budget <= 0:
+            break
+        # Bounds are checked here rather than with ReadOptions: rocksdict 0.3.29 does not keep
+        # an iterate bound alive with the iterator, so a bounded scan may see nothing.
+        it = cf.iter()
+        it.seek(_KEY.pack(partition, offset))
+        upper = _KEY.pack(partition, end)
+        n = 0
+        last = offset - 1
+        while n < budget and it.valid():
+            k = it.key()
+            if k >= upper:
+                break
+            last = _KEY.unpack(k)[1]
+            ts, key, value, headers = decode_frame(it.value())
+            out.append(LogRecord(topic, partition, last, ts, key, value, headers))
+            n += 1
+            it.next()
+        positions[partition] = last + 1 if n == budget else end
+    return out, positions
+
+
+class EmbeddedReader:
+    """A ``LogReader`` over one topic of an ``EmbeddedLog``.
+
+    Reads only durable records (offsets below each partition's committed end). At the end of
+    every partition ``poll`` parks on the topic's waiter list, which the writer wakes right
+    after a group commit, so a new record reaches a waiting reader in about one commit.
+    """
+
+    def __init__(self, log: EmbeddedLog, topic: str, positions: Mapping[int, int]) -> None:
+        self._log = log
+        self._topic_name = topic
+        self._positions: dict[int, int] = dict(positions)
+        self._rotation = 0
+        self._closed = False
+
+    def _topic(self) -> _Topic:
+        if self._closed:
+            raise LogUnavailable("reader is closed")
+        t = self._log._topic(self._topic_name)
+        for p in self._positions:
+            if not 0 <= p < len(t.parts):
+                raise UnknownTopic(
+                    f"topic {self._topic_name} has {len(t.parts)} partitions, no partition {p}"
+                )
+        return t
+
+    async def poll(self, max_records: int, timeout_ms: int) -> list[LogRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            t = self._topic()
+            todo = self._readable(t)
+            if todo:
+                records, positions = await self._log._on_reader(
+                    _scan, t.cf, self._topic_name, todo, max(1, max_records)
+                )
+                self._positions.update(positions)
+                if records:
+                    return records
+                continue  # only compaction gaps were left: positions moved, look again
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            waiter: asyncio.Future[None] = loop.create_future()
+            t.waiters.append(waiter)
+            timer = loop.call_later(remaining, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                if waiter in t.waiters:
+                    t.waiters.remove(waiter)
+
+    def _readable(self, t: _Topic) -> list[tuple[int, int, int]]:
+        """Partitions with durable records past the position, starting at a rotating index."""
+        order = sorted(self._positions)
+        if not order:
+            return []
+        k = self._rotation % len(order)
+        self._rotation += 1
+        todo = []
+        for p in order[k:] + order[:k]:
+            ps = t.parts[p]
+            position = self._positions[p]
+            if position < ps.start or position > ps.end:
+                raise OffsetOutOfRange(
+                    ps.start,
+                    ps.end,
+                    f"{self._topic_name}[{p}] offset {position} out of range: "
+                    f"log_start={ps.start} end={ps.end}",
+                )
+            if position < ps.end:
+                todo.append((p, position, ps.end))
+        return todo
+
+    def position(self, partition: int) -> int:
+        return self._positions[partition]
+
+    async def seek(self, partition: int, offset: int) -> None:
+        self._log._partition(self._topic_name, partition)
+        if self._closed:
+            raise LogUnavailable("reader is closed")
+        self._positions[partition] = offset
+
+    async def close(self) -> None:
+        self._closed = True
+        self._log._forget_reader(self)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
