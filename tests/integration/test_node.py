@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeProcess
             tmp_path / "node",
             log_backend="kafka",
             kafka_bootstrap=bootstrap,
-            topic_prefix=f"t{uuid.uuid4().hex[:8]}",
+            topic_prefix=request.getfixturevalue("topic_prefix"),
             channel_partitions=3,
         )
     else:
