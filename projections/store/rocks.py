@@ -196,6 +196,12 @@ class ProjectionStore:
 
     def close(self) -> None:
         self.flush()
+        # Column-family views hold the database open; drop them so the lock is released now,
+        # not whenever the garbage collector gets to them.
+        for cf in self._cfs.values():
+            cf.close()
+        self._cfs.clear()
+        self._handles.clear()
         self._db.close()
 
     @staticmethod

@@ -1,0 +1,169 @@
+"""The node runtime in process on a real embedded log: stalls, automatic rebuilds, restarts."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from projections.folds.state import APPLIED
+from projections.projector import STALL_UNDECODABLE
+from projections.reads.history import HistoryQuery
+from projections.store import keys
+from projections.store.rocks import FOLD_VERSION, ProjectionStore
+from sockudo.config import Settings, load_settings
+from sockudo.errors import StreamNotHealthy
+from sockudo.events.codec import encode
+from sockudo.events.channel import MessagePublished, Origin
+from sockudo.log.partitioning import channel_key
+from sockudo.node.runtime import Runtime
+from sockudo.node.services import ChannelService, PublishRequest
+
+
+def settings(tmp_path: Path, partitions: int = 3) -> Settings:
+    return load_settings(
+        None,
+        overrides={"data_dir": str(tmp_path / "data"), "channel_partitions": partitions},
+        environ={},
+    )
+
+
+def channels_in_distinct_partitions(runtime: Runtime) -> list[str]:
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < runtime.partitions:
+        name = f"room-{i}"
+        found.setdefault(runtime.partition_of("app-id", name), name)
+        i += 1
+    return [found[p] for p in sorted(found)]
+
+
+async def publish(service: ChannelService, channel: str, data: str = "x") -> int | None:
+    app = service.settings.app_by_id("app-id")
+    assert app is not None
+    out = await service.publish(
+        app, PublishRequest(name="ev", data=data, data_is_json=False, channels=(channel,))
+    )
+    assert out[channel].kind == APPLIED
+    return out[channel].history_serial
+
+
+async def test_undecodable_record_stalls_only_its_partition(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    runtime = Runtime(s)
+    await runtime.start()
+    service = ChannelService(runtime)
+    try:
+        bad, *good = channels_in_distinct_partitions(runtime)
+        assert await publish(service, bad) == 1
+        # A record from a future schema version (255) lands in the first channel's partition.
+        event = MessagePublished(
+            event_id=str(uuid.uuid4()),
+            app_id="app-id",
+            channel=bad,
+            origin=Origin(node="x"),
+            message_id="m",
+            name="ev",
+            data="d",
+        )
+        encoded = encode(event)
+        p = runtime.partition_of("app-id", bad)
+        await runtime.log.append(
+            runtime.topic,
+            p,
+            channel_key("app-id", bad),
+            b"\xff" + encoded.value[1:],
+            encoded.headers,
+            timeout_ms=5000,
+        )
+        assert runtime.runner is not None
+        assert await runtime.runner.wait_caught_up(5)
+        stall = runtime.runner.projector.state[p].stall
+        assert stall is not None
+        assert stall.reason == STALL_UNDECODABLE
+        assert stall.offset == 1
+        app = s.app_by_id("app-id")
+        assert app is not None
+        with pytest.raises(StreamNotHealthy) as err:
+            service.history_page(app, bad, HistoryQuery(limit=10))
+        assert err.value.state["reason"] == STALL_UNDECODABLE
+        # The other partitions keep folding and serving.
+        for channel in good:
+            assert await publish(service, channel) == 1
+            assert service.history_page(app, channel, HistoryQuery(limit=10))["items"]
+    finally:
+        await runtime.stop()
+
+    # The stall survives a restart: the record is still undecodable, the checkpoint stays.
+    again = Runtime(s)
+    await again.start()
+    try:
+        assert again.runner is not None
+        assert await again.runner.wait_caught_up(5)
+        stall = again.runner.projector.state[p].stall
+        assert stall is not None
+        assert stall.offset == 1
+    finally:
+        await again.stop()
+
+
+async def test_projection_ahead_of_a_replaced_embedded_log_is_rebuilt(tmp_path: Path) -> None:
+    s = settings(tmp_path, partitions=1)
+    runtime = Runtime(s)
+    await runtime.start()
+    for i in range(5):
+        await publish(ChannelService(runtime), "chat", f"old-{i}")
+    await runtime.stop()
+
+    shutil.rmtree(s.embedded_log_dir)  # the log is replaced; the projection is now ahead
+    runtime = Runtime(s)
+    await runtime.start()
+    service = ChannelService(runtime)
+    try:
+        assert await publish(service, "chat", "new") == 1
+        app = s.app_by_id("app-id")
+        assert app is not None
+        items = service.history_page(app, "chat", HistoryQuery(limit=10))["items"]
+        assert [i["message"]["data"] for i in items] == ["new"]
+    finally:
+        await runtime.stop()
+
+
+async def test_fold_version_change_rebuilds_from_the_log(tmp_path: Path) -> None:
+    s = settings(tmp_path, partitions=1)
+    runtime = Runtime(s)
+    await runtime.start()
+    for i in range(3):
+        await publish(ChannelService(runtime), "chat", f"m{i}")
+    await runtime.stop()
+
+    store = ProjectionStore(s.projection_dir)
+    store.set_projection_info(
+        {"schema": 1, "fold_version": FOLD_VERSION - 1, "created_from": "log"}
+    )
+    # Corrupt a row: only a rebuild from the log can restore it.
+    store.write(
+        {keys.HISTORY: {keys.history_key(keys.channel_prefix("app-id", "chat"), 1, 2): None}}
+    )
+    store.close()
+
+    runtime = Runtime(s)
+    await runtime.start()
+    service = ChannelService(runtime)
+    try:
+        assert runtime.runner is not None
+        assert await runtime.runner.wait_caught_up(5)
+        app = s.app_by_id("app-id")
+        assert app is not None
+        page = service.history_page(app, "chat", HistoryQuery(limit=10))
+        assert [i["serial"] for i in page["items"]] == [3, 2, 1]
+        assert runtime.store is not None
+        assert runtime.store.projection_info() == {
+            "schema": 1,
+            "fold_version": FOLD_VERSION,
+            "created_from": "log",
+        }
+    finally:
+        await runtime.stop()
