@@ -15,8 +15,8 @@ from projections.store import keys
 from projections.store.rocks import FOLD_VERSION, ProjectionStore
 from sockudo.config import Settings, load_settings
 from sockudo.errors import StreamNotHealthy
-from sockudo.events.codec import encode
 from sockudo.events.channel import MessagePublished, Origin
+from sockudo.events.codec import encode
 from sockudo.log.partitioning import channel_key
 from sockudo.node.runtime import Runtime
 from sockudo.node.services import ChannelService, PublishRequest
