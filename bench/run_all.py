@@ -1,0 +1,78 @@
+"""Every spine benchmark in one table (``make bench``), on the embedded log and a real Kafka.
+
+    python bench/run_all.py [--events 1000000] [--no-kafka]
+
+Starts a throwaway Kafka broker with ``tools/kafka-dev.sh`` unless ``--kafka`` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+
+def run(script: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        return f"{script} failed ({out.returncode}): {out.stderr.strip().splitlines()[-1:]}"
+    return out.stdout.rstrip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000, help="events for fold/rebuild")
+    ap.add_argument("--publishes", type=int, default=2000, help="publishes for latency")
+    ap.add_argument("--kafka", help="use this Kafka bootstrap instead of starting one")
+    ap.add_argument("--no-kafka", action="store_true")
+    args = ap.parse_args()
+
+    broker_dir: tempfile.TemporaryDirectory[str] | None = None
+    bootstrap = args.kafka
+    if not bootstrap and not args.no_kafka:
+        broker_dir = tempfile.TemporaryDirectory()
+        started = subprocess.run(
+            [str(ROOT / "tools/kafka-dev.sh"), "start", "--dir", broker_dir.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        match = re.search(r"BOOTSTRAP=(\S+)", started.stdout)
+        assert match, started.stdout
+        bootstrap = match.group(1)
+    kafka = ["--kafka", bootstrap] if bootstrap else []
+    try:
+        sections = [
+            ("Log append (durable, 200-byte records)", run("log_append.py", *kafka)),
+            ("Fold and rebuild", run("fold.py", "--events", str(args.events), *kafka)),
+            (
+                "Publish to serial (HTTP round trip, 1 client)",
+                run("publish_latency.py", "--n", str(args.publishes), *kafka),
+            ),
+        ]
+    finally:
+        if broker_dir is not None:
+            subprocess.run(
+                [str(ROOT / "tools/kafka-dev.sh"), "stop", "--dir", broker_dir.name], check=False
+            )
+            broker_dir.cleanup()
+    for title, body in sections:
+        print(f"== {title}")
+        print(body)
+        print()
+
+
+if __name__ == "__main__":
+    main()
