@@ -18,9 +18,10 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/sockudo-node $(ARGS)
 
-## Build the Kafka broker classpath from Maven Central (cached outside the repo).
+## Build the Kafka broker classpath from Maven Central (cached outside the repo). Outside CI a
+## failed install only means the Kafka tests skip with a reason; CI requires the broker.
 kafka:
-	tools/kafka-dev.sh install
+	tools/kafka-dev.sh install || [ "$${SOCKUDO_REQUIRE_KAFKA:-0}" != 1 ]
 
 lint: setup
 	$(BIN)/ruff check .

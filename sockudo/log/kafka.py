@@ -171,17 +171,27 @@ class KafkaLog:
         return max(1, min(3, len(cluster["brokers"])))
 
     async def _check_existing(self, name: str, partitions: int, configs: Mapping[str, str]) -> None:
-        actual = await self._lookup_partitions(name)
-        if actual is None:
-            # Deleted between our create and this describe: the node must not carry on with
-            # a topic it cannot see.
-            raise UnknownTopic(f"topic {name} was reported as existing but is not in metadata")
+        # "Already exists" comes from the controller; the broker answering our describes may
+        # not have applied that metadata yet (another node created the topic a moment ago),
+        # so an unknown topic is retried until the request timeout before it counts.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._request_timeout_ms / 1000
+        while True:
+            try:
+                actual = await self._lookup_partitions(name)
+                if actual is None:
+                    raise UnknownTopic(f"topic {name} reported as existing but not in metadata")
+                actual_policy = await self._topic_config(name, "cleanup.policy")
+                break
+            except UnknownTopic:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
         if actual != partitions:
             raise TopicMismatch(
                 f"topic {name}: expected {partitions} partitions, actual {actual} partitions"
             )
         expected_policy = configs.get("cleanup.policy", "delete")
-        actual_policy = await self._topic_config(name, "cleanup.policy")
         if actual_policy is not None and _policies(actual_policy) != _policies(expected_policy):
             raise TopicMismatch(
                 f"topic {name}: expected cleanup.policy={expected_policy}, "
@@ -199,6 +209,8 @@ class KafkaLog:
             for code, message, _type, resource, entries in response.resources:
                 if resource != name:
                     continue
+                if code == _UNKNOWN_TOPIC:
+                    raise UnknownTopic(f"topic {name} does not exist")
                 if code:
                     raise LogError(f"describe configs of {name} failed: {message or code}")
                 for entry in entries:

@@ -36,6 +36,21 @@ async def _create(
         [NewTopic(name, partitions, 1, topic_configs=configs or {})]
     )
     assert [code for _name, code, *_ in response.topic_errors] == [0], response
+    # CreateTopics returns once the controller committed the topic; the broker serving the
+    # next request may apply that metadata a few ms later. Wait until it describes the topic.
+    deadline = time.monotonic() + 10
+    while (await _topic_configs(admin, name))[0] != 0:
+        assert time.monotonic() < deadline, f"topic {name} never became describable"
+        await asyncio.sleep(0.05)
+
+
+async def _topic_configs(admin: Any, name: str) -> tuple[int, dict[str, str]]:
+    """``(error_code, {config: value})`` of a topic, as DescribeConfigs reports them."""
+    [response] = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, None)]
+    )
+    code, _message, _type, _name, entries = response.resources[0]
+    return code, {entry[0]: entry[1] for entry in entries}
 
 
 def _consumer(bootstrap: str) -> Any:
@@ -201,10 +216,8 @@ async def test_topic_configs_and_partition_mismatch(
     """§13.13: configs are applied; an existing topic with other partitions is refused."""
     topic = f"{topic_prefix}.configs"
     await _create(kafka_admin, topic, 3, {"message.timestamp.type": "LogAppendTime"})
-    [response] = await kafka_admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, topic, {"message.timestamp.type": None})]
-    )
-    entries = {entry[0]: entry[1] for entry in response.resources[0][4]}
+    code, entries = await _topic_configs(kafka_admin, topic)
+    assert code == 0
     assert entries["message.timestamp.type"] == "LogAppendTime"
 
     existing = f"{topic_prefix}.channel-events"
