@@ -37,7 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rocksdict import AccessType, ColumnFamily, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    ColumnFamily,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
 
 from sockudo.errors import (
     AppendOutcomeUnknown,
@@ -98,7 +106,9 @@ def encode_frame(
     return body + _U32.pack(zlib.crc32(body))
 
 
-def decode_frame(frame: bytes) -> tuple[int, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]:
+def decode_frame(
+    frame: bytes,
+) -> tuple[int, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]:
     """``(timestamp_ms, key, value, headers)`` of a stored frame; ``LogError`` if corrupt."""
     if len(frame) < _HEAD.size + 12:
         raise LogError(f"corrupt log record: frame of {len(frame)} bytes is too short")
@@ -344,7 +354,8 @@ class EmbeddedLog:
             return
         self._meta = db.get_column_family(_META_CF)
         self._meta_handle = db.get_column_family_handle(_META_CF)
-        for raw_key, raw_value in self._meta.items(from_key=b"topic/"):
+        for k, v in self._meta.items(from_key=b"topic/"):
+            raw_key, raw_value = bytes(k), bytes(v)  # type: ignore[arg-type]  # raw mode
             if not raw_key.startswith(b"topic/"):
                 break
             name = raw_key[len(b"topic/") :].decode()
@@ -355,7 +366,8 @@ class EmbeddedLog:
             self._topics[name] = self._load_topic(spec)
 
     def _load_topic(self, spec: TopicSpec) -> _Topic:
-        assert self._db is not None and self._meta is not None
+        assert self._db is not None
+        assert self._meta is not None
         cf_name = _TOPIC_CF_PREFIX + spec.name
         topic = _Topic(
             spec, self._db.get_column_family(cf_name), self._db.get_column_family_handle(cf_name)
@@ -436,7 +448,9 @@ class EmbeddedLog:
         if self.read_only:
             raise LogUnavailable(f"embedded log at {self.path} is opened read-only")
         if self._failure is not None:
-            raise LogUnavailable(f"embedded log failed earlier and must be reopened: {self._failure}")
+            raise LogUnavailable(
+                f"embedded log failed earlier and must be reopened: {self._failure}"
+            )
         return db
 
     async def _on_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -463,7 +477,8 @@ class EmbeddedLog:
         actual = existing.spec
         if actual.partitions != partitions:
             raise TopicMismatch(
-                f"topic {name}: expected {partitions} partitions, actual {actual.partitions} partitions"
+                f"topic {name}: expected {partitions} partitions, "
+                f"actual {actual.partitions} partitions"
             )
         expected_policy = config.get("cleanup.policy", "delete")
         if _policies(actual.cleanup_policy) != _policies(expected_policy):
@@ -483,7 +498,9 @@ class EmbeddedLog:
         if cf_name not in Rdict.list_cf(str(self.path), Options(raw_mode=True)):
             db.create_column_family(cf_name, Options(raw_mode=True))
         info = {"partitions": spec.partitions, "config": dict(spec.config)}
-        self._meta.put(_topic_key(spec.name), json.dumps(info, sort_keys=True).encode(), self._sync_opts)
+        self._meta.put(
+            _topic_key(spec.name), json.dumps(info, sort_keys=True).encode(), self._sync_opts
+        )
         return self._load_topic(spec)
 
     async def partitions(self, topic: str) -> int:
@@ -504,7 +521,9 @@ class EmbeddedLog:
     def _partition(self, topic: str, partition: int) -> _Partition:
         t = self._topic(topic)
         if not 0 <= partition < len(t.parts):
-            raise UnknownTopic(f"topic {topic} has {len(t.parts)} partitions, no partition {partition}")
+            raise UnknownTopic(
+                f"topic {topic} has {len(t.parts)} partitions, no partition {partition}"
+            )
         return t.parts[partition]
 
     # -- appends -------------------------------------------------------------------------
@@ -526,7 +545,9 @@ class EmbeddedLog:
         if self.read_only or self._failure is not None:
             self._require_writable()
         if not 0 <= partition < len(t.parts):
-            raise UnknownTopic(f"topic {topic} has {len(t.parts)} partitions, no partition {partition}")
+            raise UnknownTopic(
+                f"topic {topic} has {len(t.parts)} partitions, no partition {partition}"
+            )
         size = _record_size(key, value, headers)
         if size > self._max_record_bytes:
             raise RecordTooLarge(
@@ -569,9 +590,12 @@ class EmbeddedLog:
             # Swap the open batch out: appends arriving while it is written go to the next one.
             batch, pending = self._batch, self._pending
             self._batch, self._pending = WriteBatch(raw_mode=True), []
-            assert self._db is not None and self._writer_pool is not None
+            assert self._db is not None
+            assert self._writer_pool is not None
             try:
-                await loop.run_in_executor(self._writer_pool, self._db.write, batch, self._write_opts)
+                await loop.run_in_executor(
+                    self._writer_pool, self._db.write, batch, self._write_opts
+                )
             except Exception as exc:
                 self._fail_all(pending, exc)
                 return
@@ -679,7 +703,13 @@ class EmbeddedLog:
                 if ps.end - ps.start < 2:
                     continue
                 doomed = await self._on_reader(
-                    _compaction_victims, t.cf, ps.index, ps.start, ps.end, now - lag_ms, now - retention_ms
+                    _compaction_victims,
+                    t.cf,
+                    ps.index,
+                    ps.start,
+                    ps.end,
+                    now - lag_ms,
+                    now - retention_ms,
                 )
                 if not doomed:
                     continue
@@ -706,7 +736,9 @@ def _expire(fut: asyncio.Future[AppendResult], topic: str, partition: int, timeo
     # The record is already in a batch that will still be written: the caller cannot know.
     if not fut.done():
         fut.set_exception(
-            AppendOutcomeUnknown(f"append to {topic}[{partition}] not durable within {timeout_ms} ms")
+            AppendOutcomeUnknown(
+                f"append to {topic}[{partition}] not durable within {timeout_ms} ms"
+            )
         )
 
 
