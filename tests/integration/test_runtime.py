@@ -17,9 +17,11 @@ from sockudo.config import Settings, load_settings
 from sockudo.errors import StreamNotHealthy
 from sockudo.events.channel import MessagePublished, Origin
 from sockudo.events.codec import encode
+from sockudo.log.embedded import EmbeddedLog
 from sockudo.log.partitioning import channel_key
 from sockudo.node.runtime import Runtime
 from sockudo.node.services import ChannelService, PublishRequest
+from tools.inspect_stream import EXIT, inspect_stream
 
 
 def settings(tmp_path: Path, partitions: int = 3) -> Settings:
@@ -107,6 +109,20 @@ async def test_undecodable_record_stalls_only_its_partition(tmp_path: Path) -> N
         assert stall.offset == 1
     finally:
         await again.stop()
+
+    # inspect-stream names the partition's stall and the offset it cannot decode.
+    log = EmbeddedLog(s.embedded_log_dir, read_only=True)
+    await log.start()
+    try:
+        report = await inspect_stream(s, log, "app-id", bad, projection_path=Path(s.projection_dir))
+    finally:
+        await log.close()
+    assert report["verdict"] == "stalled"
+    assert EXIT[report["verdict"]] == 2
+    assert report["projection"]["stall"]["reason"] == STALL_UNDECODABLE
+    assert report["projection"]["stall"]["offset"] == 1
+    assert report["recomputed"]["undecodable"][0]["offset"] == 1
+    assert report["stream"]["state"]["durable_state"] == "degraded"
 
 
 async def test_projection_ahead_of_a_replaced_embedded_log_is_rebuilt(tmp_path: Path) -> None:
