@@ -1,7 +1,7 @@
 """Typed values the channel fold keeps: stream heads, history rows, per-offset outcomes.
 
-Values are compact JSON with a fixed key order, so two nodes folding the same log write
-byte-identical databases (``sockudo-tools rebuild --verify`` compares them).
+Values are packed structs or compact JSON with a fixed key order, so two nodes folding the
+same log write byte-identical databases (``sockudo-tools rebuild --verify`` compares them).
 """
 
 from __future__ import annotations
@@ -24,23 +24,26 @@ def dumps(obj: Any) -> bytes:
     return _ENCODER.encode(obj).encode()
 
 
-_HEAD_FIELDS = (
-    "stream_id",
-    "generation",
-    "next_h",
-    "next_d",
-    "durable_state",
-    "reason",
-    "last_transition_at_ms",
-    "evicted_through_serial",
-    "evicted_through_time_ms",
-    "retained_count",
-    "retained_bytes",
-    "oldest_serial",
-    "oldest_ts",
-    "newest_serial",
-    "newest_ts",
-)
+# StreamHead layout: u32 generation, then 12 i64 numbers (-1 = None), then the three strings
+# (stream_id, durable_state, reason) each as u16 length + UTF-8 (0xFFFF = None).
+_HEAD_NUMS = struct.Struct(">I12q")
+_U16 = struct.Struct(">H")
+_NONE16 = 0xFFFF
+
+
+def _opt(n: int | None) -> int:
+    return -1 if n is None else n
+
+
+def _unopt(n: int) -> int | None:
+    return None if n < 0 else n
+
+
+def _pack_str(s: str | None) -> bytes:
+    if s is None:
+        return _U16.pack(_NONE16)
+    b = s.encode()
+    return _U16.pack(len(b)) + b
 
 
 @dataclass(slots=True)
@@ -70,11 +73,61 @@ class StreamHead:
     newest_ts: int | None = None
 
     def encode(self) -> bytes:
-        return dumps({name: getattr(self, name) for name in _HEAD_FIELDS})
+        # Packed, not JSON: heads are rewritten on every batch that touches the channel.
+        return (
+            _HEAD_NUMS.pack(
+                self.generation,
+                self.next_h,
+                self.next_d,
+                _opt(self.last_transition_at_ms),
+                _opt(self.evicted_through_serial),
+                _opt(self.evicted_through_time_ms),
+                self.retained_count,
+                self.retained_bytes,
+                _opt(self.oldest_serial),
+                _opt(self.oldest_ts),
+                _opt(self.newest_serial),
+                _opt(self.newest_ts),
+                0,  # reserved
+            )
+            + _pack_str(self.stream_id)
+            + _pack_str(self.durable_state)
+            + _pack_str(self.reason)
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> StreamHead:
-        return cls(**json.loads(raw))
+        (gen, next_h, next_d, at, ev_s, ev_t, count, size, o_s, o_t, n_s, n_t, _r) = (
+            _HEAD_NUMS.unpack_from(raw)
+        )
+        pos = _HEAD_NUMS.size
+        strings: list[str | None] = []
+        for _ in range(3):
+            (n,) = _U16.unpack_from(raw, pos)
+            pos += 2
+            if n == _NONE16:
+                strings.append(None)
+            else:
+                strings.append(bytes(raw[pos : pos + n]).decode())
+                pos += n
+        stream_id, state, reason = strings
+        return cls(
+            stream_id=stream_id or "",
+            generation=gen,
+            next_h=next_h,
+            next_d=next_d,
+            durable_state=state or HEALTHY,
+            reason=reason,
+            last_transition_at_ms=_unopt(at),
+            evicted_through_serial=_unopt(ev_s),
+            evicted_through_time_ms=_unopt(ev_t),
+            retained_count=count,
+            retained_bytes=size,
+            oldest_serial=_unopt(o_s),
+            oldest_ts=_unopt(o_t),
+            newest_serial=_unopt(n_s),
+            newest_ts=_unopt(n_t),
+        )
 
     def copy(self) -> StreamHead:
         return replace(self)
@@ -126,18 +179,6 @@ GENESIS = "genesis"
 IGNORED = "ignored"
 
 
-_OUTCOME_FIELDS = (
-    "app_id",
-    "channel",
-    "message_id",
-    "stream_id",
-    "delivery_serial",
-    "history_serial",
-    "published_at_ms",
-    "duplicate_of",
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What the fold made of one record; publish handlers answer from it (``offsets`` CF)."""
@@ -157,10 +198,22 @@ class Outcome:
 
     def encode(self) -> bytes:
         out: dict[str, Any] = {"kind": self.kind}
-        for name in _OUTCOME_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
+        if self.app_id is not None:
+            out["app_id"] = self.app_id
+        if self.channel is not None:
+            out["channel"] = self.channel
+        if self.message_id is not None:
+            out["message_id"] = self.message_id
+        if self.stream_id is not None:
+            out["stream_id"] = self.stream_id
+        if self.delivery_serial is not None:
+            out["delivery_serial"] = self.delivery_serial
+        if self.history_serial is not None:
+            out["history_serial"] = self.history_serial
+        if self.published_at_ms is not None:
+            out["published_at_ms"] = self.published_at_ms
+        if self.duplicate_of is not None:
+            out["duplicate_of"] = self.duplicate_of
         if self.details:
             out["details"] = self.details
         return dumps(out)

@@ -264,3 +264,30 @@ def test_resuming_from_a_prefix_equals_one_pass() -> None:
     run(resumed, events[:25], step_ms=20_000)
     run(resumed, events[25:], start_offset=25, step_ms=20_000)
     assert snapshot(resumed) == snapshot(one_pass)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        StreamHead(stream_id="s-1", generation=1),
+        StreamHead(
+            stream_id="0c6f2a52-8a1e-4c61-9f3e-5b1d2f7a9e10",
+            generation=7,
+            next_h=12,
+            next_d=40,
+            durable_state="degraded",
+            reason="operator: ünïcode",
+            last_transition_at_ms=1_700_000_000_000,
+            evicted_through_serial=3,
+            evicted_through_time_ms=1_699_999_999_000,
+            retained_count=8,
+            retained_bytes=1234,
+            oldest_serial=4,
+            oldest_ts=1_700_000_000_001,
+            newest_serial=11,
+            newest_ts=1_700_000_000_999,
+        ),
+    ],
+)
+def test_stream_head_round_trips(head: StreamHead) -> None:
+    assert StreamHead.decode(head.encode()) == head
