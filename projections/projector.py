@@ -58,12 +58,15 @@ class Projector:
         partitions: int,
         decode: Decoder,
         partitioner: Partitioner,
+        *,
+        collect_deliveries: bool = True,
     ) -> None:
         self.store = store
         self.topic = topic
         self.partitions = partitions
         self._decode = decode
         self._partitioner = partitioner
+        self._deliver = collect_deliveries
         self.state: dict[int, PartitionState] = {}
         self._heads: dict[bytes, StreamHead | None] = {}
         for p in range(partitions):
@@ -124,6 +127,7 @@ class Projector:
                 previous_timestamp_ms=st.last_timestamp_ms,
                 partitions=self.partitions,
                 partitioner=self._partitioner,
+                deliver=self._deliver,
             )
             if isinstance(event, CHANNEL_EVENT_TYPES):
                 folded = fold(channel_state, ctx, event)

@@ -56,7 +56,9 @@ async def replay(
     ProjectionStore.destroy(target)
     store = ProjectionStore(target)
     store.set_projection_info({"schema": 1, "fold_version": FOLD_VERSION, "created_from": "log"})
-    projector = Projector(store, topic, partitions, decode_record, partition_for)
+    projector = Projector(
+        store, topic, partitions, decode_record, partition_for, collect_deliveries=False
+    )
     folded = 0
     active = {p for p in range(partitions) if starts[p] < ends[p]}
     reader = event_log.reader(topic, {p: starts[p] for p in active})

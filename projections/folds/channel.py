@@ -73,6 +73,8 @@ class RecordContext:
     partitions: int
     partitioner: Callable[[bytes, int], int]
     """The log's partition function: ``partitioner(key, partitions) -> partition``."""
+    deliver: bool = True
+    """Build live deliveries (a rebuild has no sockets to deliver to)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +186,7 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
             message_id=ev.message_id,
             published_at_ms=ts,
         )
-        delivery = _delivery(ev, None, None, None, ts)
+        deliveries = (_delivery(ev, None, None, None, ts),) if ctx.deliver else ()
     else:
         ck = keys.channel_prefix(ev.app_id, ev.channel)
         head = state.head(ck)
@@ -217,7 +219,7 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
             history_serial=h,
             published_at_ms=ts,
         )
-        delivery = _delivery(ev, head.stream_id, d, h, ts)
+        deliveries = (_delivery(ev, head.stream_id, d, h, ts),) if ctx.deliver else ()
 
     kv.put(keys.DEDUP, keys.dedup_key(ctx.partition, ev.event_id), keys.u64(ctx.offset))
     if idem is not None:
@@ -226,7 +228,7 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
         entry["o"] = outcome.encode().decode()
         kv.put(keys.IDEM, idem_key, dumps(entry))
         kv.put(keys.IDEM, _idem_expiry_key(expires, idem_key), b"")
-    return FoldResult(outcome, (delivery,))
+    return FoldResult(outcome, deliveries)
 
 
 def _message_json(ev: MessagePublished, stream_id: str, serial: int) -> bytes:
