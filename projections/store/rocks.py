@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 from projections.store import keys
 
@@ -69,8 +69,18 @@ class Stall:
         return cls(d["reason"], d["offset"], d["detail"], d["since_ms"])
 
 
-def _options() -> Options:
+def _cf_options() -> Options:
+    # Bloom filters: the fold's dedupe and idempotency lookups are mostly misses, which
+    # otherwise probe every SST file.
     opts = Options(raw_mode=True)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
+def _options() -> Options:
+    opts = _cf_options()
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     return opts
@@ -90,7 +100,7 @@ class ProjectionStore:
             )
         else:
             self.path.mkdir(parents=True, exist_ok=True)
-            cfs = {name: Options(raw_mode=True) for name in keys.COLUMN_FAMILIES}
+            cfs = {name: _cf_options() for name in keys.COLUMN_FAMILIES}
             self._db = Rdict(str(self.path), _options(), column_families=cfs)
         self._cfs = {name: self._db.get_column_family(name) for name in keys.COLUMN_FAMILIES}
         self._handles = {
