@@ -124,7 +124,7 @@ async def test_single_broker_on_loopback(
 
     local = request.config.stash[KAFKA_RESOLUTION].broker
     if local is None:
-        pytest.skip("broker is not a LocalKafkaBroker; listener check needs our own JVM")
+        pytest.skip(reason="broker is not a LocalKafkaBroker; listener check needs our own JVM")
     assert kafka_bootstrap.startswith("127.0.0.1:")
     assert local.startup_seconds < kafka_broker.START_TIMEOUT_S
     assert local.pid is not None
@@ -144,7 +144,7 @@ def test_port_clash_retries_and_teardown_cleans_up(
     """§13.9 and §13.8: a taken port costs one retry; stop() kills the pid and removes the dir."""
     session = request.config.stash[KAFKA_RESOLUTION].broker
     if session is None:
-        pytest.skip("needs the local broker's classpath; the session broker is not local")
+        pytest.skip(reason="needs the local broker's classpath; the session broker is not local")
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
