@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from sockudo.config import Settings
+from sockudo.node.hub import Hub
 from sockudo.node.services import ChannelService
 
 
@@ -19,6 +20,8 @@ class HttpContext:
     clock: Callable[[], float] = time.time
     draining: bool = False
     extra: dict[str, object] = field(default_factory=dict)
+    hub: Hub = field(default_factory=Hub)
+    """This node's sockets and subscriptions (live counts such as ``subscription_count``)."""
 
 
 def context(request: Request) -> HttpContext:

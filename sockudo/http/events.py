@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from projections.folds.state import Outcome
 from sockudo.channels import is_presence_channel
 from sockudo.http import publish_request
-from sockudo.http.context import context
+from sockudo.http.context import HttpContext, context
 from sockudo.http.signed import authenticate
 from sockudo.node.services import PublishRequest
 
@@ -38,7 +38,12 @@ async def publish_events(request: Request) -> Response:
     if not cmd.wants_channel_response:
         return JSONResponse({})
     return JSONResponse(
-        {"channels": {channel: _channel_entry(cmd, channel, o) for channel, o in outcomes.items()}}
+        {
+            "channels": {
+                channel: _channel_entry(ctx, app.id, cmd, channel, o)
+                for channel, o in outcomes.items()
+            }
+        }
     )
 
 
@@ -53,7 +58,9 @@ async def publish_batch(request: Request) -> Response:
     for cmd in batch.items:
         outcomes = await ctx.channels.publish(app, _request(cmd))
         first = cmd.channels[0]
-        slots.append(_channel_entry(cmd, first, outcomes[first]) if cmd.info_requested else {})
+        slots.append(
+            _channel_entry(ctx, app.id, cmd, first, outcomes[first]) if cmd.info_requested else {}
+        )
     if not any(cmd.info_requested for cmd in batch.items):
         return JSONResponse({})
     return JSONResponse({"batch": slots})
@@ -75,12 +82,16 @@ def _request(cmd: publish_request.PublishCommand) -> PublishRequest:
 
 
 def _channel_entry(
-    cmd: publish_request.PublishCommand, channel: str, outcome: Outcome
+    ctx: HttpContext,
+    app_id: str,
+    cmd: publish_request.PublishCommand,
+    channel: str,
+    outcome: Outcome,
 ) -> dict[str, Any]:
     entry = ack(outcome)
-    # Subscriber counts come from the socket layer (protocol issue); there are none yet.
     if "subscription_count" in cmd.info:
-        entry["subscription_count"] = 0
+        # This node's sockets only: cross-node counts need the cluster view (later issue).
+        entry["subscription_count"] = ctx.hub.subscription_count(app_id, channel)
     if "user_count" in cmd.info and is_presence_channel(channel):
         entry["user_count"] = 0
     return entry

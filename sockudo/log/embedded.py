@@ -20,6 +20,11 @@ whole batch to a dedicated thread for a single synced write while the event loop
 the next batch, then resolves every waiting append at once. A synced RocksDB write costs about
 as much for one record as for a thousand, so throughput grows with the number of concurrent
 appenders instead of being capped at the disk's fsync rate.
+
+rocksdict notes (0.3.29, seen in runs): a column family object or handle keeps the database and
+its lock file alive until released, so ``close`` drops all of them; iterate bounds in
+``ReadOptions`` are unreliable (a lower bound makes scans empty, a bound freed before its
+iterator does too), so scans check their upper key themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import struct
 import time
@@ -37,15 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rocksdict import (
-    AccessType,
-    ColumnFamily,
-    Options,
-    Rdict,
-    ReadOptions,
-    WriteBatch,
-    WriteOptions,
-)
+from rocksdict import AccessType, ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
 
 from sockudo.errors import (
     AppendOutcomeUnknown,
@@ -60,6 +58,8 @@ from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpe
 
 __all__ = ["FRAME_FORMAT", "EmbeddedLog", "EmbeddedReader", "decode_frame", "encode_frame"]
 
+log = logging.getLogger(__name__)
+
 FRAME_FORMAT = 1
 """Version byte at the start of every stored frame."""
 
@@ -67,6 +67,7 @@ FSYNC_MODES = ("always", "interval", "never")
 
 _KEY = struct.Struct(">IQ")
 _HEAD = struct.Struct(">BqH")
+_HEAD_KEY = struct.Struct(">BqHi")  # header without record headers, then the key length
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _I32 = struct.Struct(">i")
@@ -90,18 +91,17 @@ def encode_frame(
     headers: Sequence[tuple[str, bytes]] = (),
 ) -> bytes:
     """The stored bytes of one record (layout in the module docstring)."""
+    if not headers and key is not None and value is not None:
+        # The common record (keyed, no headers) in one join: this runs once per append.
+        head = _HEAD_KEY.pack(FRAME_FORMAT, timestamp_ms, 0, len(key))
+        body = b"".join((head, key, _I32.pack(len(value)), value))
+        return body + _U32.pack(zlib.crc32(body))
     parts = [_HEAD.pack(FRAME_FORMAT, timestamp_ms, len(headers))]
     for name, raw in headers:
         encoded = name.encode()
         parts += (_U16.pack(len(encoded)), encoded, _U32.pack(len(raw)), raw)
-    if key is None:
-        parts.append(_NULL)
-    else:
-        parts += (_I32.pack(len(key)), key)
-    if value is None:
-        parts.append(_NULL)
-    else:
-        parts += (_I32.pack(len(value)), value)
+    parts += (_NULL,) if key is None else (_I32.pack(len(key)), key)
+    parts += (_NULL,) if value is None else (_I32.pack(len(value)), value)
     body = b"".join(parts)
     return body + _U32.pack(zlib.crc32(body))
 
@@ -149,15 +149,6 @@ def _frame_timestamp(frame: bytes) -> int:
     return ts
 
 
-def _record_size(
-    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
-) -> int:
-    size = (0 if key is None else len(key)) + (0 if value is None else len(value))
-    for name, raw in headers:
-        size += len(name) + len(raw)
-    return size
-
-
 def _policies(value: str) -> frozenset[str]:
     """``cleanup.policy`` as a set: ``"compact,delete"`` equals ``"delete,compact"``."""
     return frozenset(p.strip() for p in value.split(",") if p.strip())
@@ -184,6 +175,7 @@ class _Partition:
         self.next = end
         """Next offset to assign; runs ahead of ``end`` while a batch is being written."""
         self.last_ts = last_ts
+        """Timestamp of the newest assigned record (the floor for the next one)."""
         self.committed_ts = last_ts
 
 
@@ -203,8 +195,8 @@ class _Topic:
                 fut.set_result(None)
 
 
-# A pending append: (future to resolve, partition, offset, timestamp).
-_Pending = tuple["asyncio.Future[AppendResult]", _Partition, int, int]
+# A pending append: (future, partition, offset, timestamp, deadline on the loop clock).
+_Pending = tuple["asyncio.Future[AppendResult]", _Partition, int, int, float]
 
 
 def _start_key(topic: str, partition: int) -> bytes:
@@ -222,19 +214,6 @@ def _raw_options() -> Options:
     return opts
 
 
-def _read_until(partition: int, upper: int) -> ReadOptions:
-    """Iterate keys below ``(partition, upper)``; callers seek to their first key.
-
-    Only the upper bound is set: rocksdict 0.3.29's ``set_iterate_lower_bound`` overwrites the
-    upper bound instead (seen in a run), which would end every scan immediately. The returned
-    options must stay referenced while the iterator is used: the iterator does not keep them
-    alive, and a freed bound makes every scan empty.
-    """
-    opts = ReadOptions()
-    opts.set_iterate_upper_bound(_KEY.pack(partition, upper))
-    return opts
-
-
 class EmbeddedLog:
     """A durable single-node ``EventLog`` stored in RocksDB (spec 05 §8.1).
 
@@ -242,6 +221,13 @@ class EmbeddedLog:
     processes may open it read-only at the same time (``open_read_only``), e.g.
     ``sockudo-tools`` next to a running node. A read-only log sees the records that were
     durable when it was started.
+
+    ``fsync``: ``always`` acknowledges after a synced group commit; ``interval`` acknowledges
+    after the unsynced write and syncs the WAL every ``fsync_interval_ms`` (a power loss may
+    drop that much, a process crash nothing); ``never`` leaves syncing to the OS.
+
+    Compacted topics (``cleanup.policy`` containing ``compact``) are compacted every
+    ``compaction_interval_ms`` (0 = only when ``compact`` is called).
 
     ``sync_batches`` counts synced group commits and ``write_batches`` all batch writes, so
     tests and benchmarks can see how many records share one fsync.
@@ -255,6 +241,7 @@ class EmbeddedLog:
         fsync_interval_ms: int = 100,
         max_record_bytes: int = MAX_RECORD_BYTES,
         read_only: bool = False,
+        compaction_interval_ms: int = 600_000,
         clock: Callable[[], int] = _wall_clock_ms,
     ) -> None:
         if fsync not in FSYNC_MODES:
@@ -265,6 +252,7 @@ class EmbeddedLog:
         self.fsync = fsync
         self.read_only = read_only
         self._interval_s = fsync_interval_ms / 1000
+        self._compaction_s = compaction_interval_ms / 1000
         self._max_record_bytes = max_record_bytes
         self._clock = clock
         self._db: Rdict | None = None
@@ -277,18 +265,22 @@ class EmbeddedLog:
         self._write_opts.sync = fsync == "always"
         self._sync_opts = WriteOptions()
         self._sync_opts.sync = fsync != "never"
-        # One thread owns every batch write, so group commits never overlap each other and
-        # never wait behind a long read or compaction scan in the default executor.
+        # One thread owns every write (group commits, truncation, compaction deletes, WAL
+        # syncs, open and close), so they never overlap and never wait behind a long scan.
         self._writer_pool: ThreadPoolExecutor | None = None
         # Scans (polls, time lookups, compaction) run here; close() waits for them to finish
         # before the database is closed under them.
         self._read_pool: ThreadPoolExecutor | None = None
         self._batch = WriteBatch(raw_mode=True)
         self._pending: list[_Pending] = []
+        self._inflight: list[_Pending] = []
         self._wake = asyncio.Event()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._writer: asyncio.Task[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
         self._unflushed = False
+        self._accepting = False
+        """True while appends may enter the batch (started, writable, not closing, not failed)."""
         self._closing = False
         self._failure: BaseException | None = None
         self.sync_batches = 0
@@ -317,30 +309,30 @@ class EmbeddedLog:
             self._read_pool.shutdown(wait=False)
             self._writer_pool = self._read_pool = None
             raise
-        if not self.read_only:
-            self._writer = asyncio.create_task(self._write_loop(), name="embedded-log-writer")
-            if self.fsync == "interval":
-                self._flusher = asyncio.create_task(self._flush_loop(), name="embedded-log-fsync")
+        if self.read_only:
+            return
+        self._accepting = True
+        self._writer = asyncio.create_task(self._write_loop(), name="embedded-log-writer")
+        if self.fsync == "interval":
+            self._tasks.append(asyncio.create_task(self._flush_loop(), name="embedded-log-fsync"))
+        if self._compaction_s > 0:
+            self._tasks.append(
+                asyncio.create_task(self._compaction_loop(), name="embedded-log-compaction")
+            )
 
     def _open(self) -> None:
         """Open the database and recover every partition's offsets (runs in the writer thread)."""
         path = str(self.path)
+        exists = (self.path / "CURRENT").exists()
         try:
             if self.read_only:
-                if not (self.path / "CURRENT").exists():
+                if not exists:
                     raise LogUnavailable(f"no embedded log at {self.path}")
-                db = Rdict(
-                    path,
-                    Options(raw_mode=True),
-                    access_type=AccessType.read_only(False),
-                )
+                # error_if_log_file_exist=False: a running node always has a live WAL.
+                db = Rdict(path, Options(raw_mode=True), access_type=AccessType.read_only(False))
             else:
                 self.path.mkdir(parents=True, exist_ok=True)
-                existing = (
-                    Rdict.list_cf(path, Options(raw_mode=True))
-                    if (self.path / "CURRENT").exists()
-                    else []
-                )
+                existing = Rdict.list_cf(path, Options(raw_mode=True)) if exists else []
                 cfs = {name: Options(raw_mode=True) for name in {*existing, _META_CF}}
                 cfs.pop("default", None)
                 db = Rdict(path, _raw_options(), column_families=cfs)
@@ -372,38 +364,44 @@ class EmbeddedLog:
         topic = _Topic(
             spec, self._db.get_column_family(cf_name), self._db.get_column_family_handle(cf_name)
         )
+        it = topic.cf.iter()
         for p in range(spec.partitions):
             raw_start = self._meta.get(_start_key(spec.name, p))
             start = 0 if raw_start is None else _U64.unpack(raw_start)[0]
             # The next offset is one past the last key of the partition. Compaction never
             # removes a partition's last record, and when truncation removed every record the
             # stored start is the end.
-            bound = _read_until(p, _MAX_OFFSET)  # must outlive the iterator
-            it = topic.cf.iter(bound)
-            it.seek_to_last()
+            it.seek_for_prev(_KEY.pack(p, _MAX_OFFSET))
             end, last_ts = start, 0
-            if it.valid() and _KEY.unpack(it.key())[0] == p:
-                end = max(start, _KEY.unpack(it.key())[1] + 1)
-                last_ts = _frame_timestamp(it.value())
-            del it
+            if it.valid():
+                found_p, last = _KEY.unpack(it.key())
+                if found_p == p:
+                    end = max(start, last + 1)
+                    last_ts = _frame_timestamp(it.value())
             topic.parts.append(_Partition(topic, p, start, end, last_ts))
+        del it
         return topic
 
     async def close(self) -> None:
+        """Write every append accepted so far, then release the database and its threads."""
         if self._closing:
             return
         self._closing = True
+        self._accepting = False
         if self._writer is not None:
-            # The writer drains every append accepted before close, then exits.
             self._wake.set()
             with contextlib.suppress(Exception):
                 await self._writer
             self._writer = None
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
         for reader in list(self._readers):
             reader._closed = True
         self._readers.clear()
@@ -412,9 +410,8 @@ class EmbeddedLog:
         if self._read_pool is not None:
             await asyncio.to_thread(self._read_pool.shutdown, True)
             self._read_pool = None
-        if self._db is not None and self._writer_pool is not None:
-            await self._on_writer(self._close_db)
         if self._writer_pool is not None:
+            await self._on_writer(self._close_db)
             self._writer_pool.shutdown(wait=True)
             self._writer_pool = None
 
@@ -425,17 +422,14 @@ class EmbeddedLog:
         if not self.read_only and self.fsync != "always" and self._failure is None:
             with contextlib.suppress(Exception):
                 db.flush_wal(True)
-        # Column family objects and handles keep the database (and its lock file) alive
-        # until they are released, so drop every one of them before closing.
         topics = list(self._topics.values())
         self._topics.clear()
         for topic in topics:
             topic.cf.close()
-            del topic.cf, topic.handle
+            del topic.cf, topic.handle  # see the module docstring: they hold the lock file
         if self._meta is not None:
             self._meta.close()
         self._meta = self._meta_handle = None
-        self._batch = WriteBatch(raw_mode=True)
         db.close()
 
     def _require_open(self) -> Rdict:
@@ -538,45 +532,74 @@ class EmbeddedLog:
         *,
         timeout_ms: int,
     ) -> AppendResult:
-        t = self._topics.get(topic)
-        if t is None or self._closing or self._db is None:
-            self._require_open()
-            raise UnknownTopic(f"topic {topic} does not exist")
-        if self.read_only or self._failure is not None:
+        # This is the hot path (one call per record): no awaits before the record is in the
+        # batch, no per-call timers, one frame build.
+        t = self._topics.get(topic) if self._accepting else None
+        if t is None:
             self._require_writable()
-        if not 0 <= partition < len(t.parts):
+            raise UnknownTopic(f"topic {topic} does not exist")
+        parts = t.parts
+        if not 0 <= partition < len(parts):
             raise UnknownTopic(
-                f"topic {topic} has {len(t.parts)} partitions, no partition {partition}"
+                f"topic {topic} has {len(parts)} partitions, no partition {partition}"
             )
-        size = _record_size(key, value, headers)
+        size = (0 if key is None else len(key)) + (0 if value is None else len(value))
+        for name, raw in headers:
+            size += len(name) + len(raw)
         if size > self._max_record_bytes:
             raise RecordTooLarge(
                 f"record of {size} bytes exceeds the limit of {self._max_record_bytes} bytes"
             )
         # Offsets and timestamps are assigned here, in arrival order, so records of one
-        # partition are ordered exactly as their appends were called; nothing below awaits
-        # before the record is in the batch.
-        ps = t.parts[partition]
+        # partition are ordered exactly as their appends were called.
+        ps = parts[partition]
         offset = ps.next
         now = self._clock()
         ts = now if now > ps.last_ts else ps.last_ts
         try:
             frame = encode_frame(ts, key, value, headers)
-        except struct.error as exc:  # a u16 count or name length overflowed
+        except struct.error as exc:  # a u16 header count or name length overflowed
             raise RecordTooLarge(f"record headers do not fit the frame: {exc}") from exc
         self._batch.put(_KEY.pack(partition, offset), frame, t.handle)
         ps.next = offset + 1
         ps.last_ts = ts
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AppendResult] = loop.create_future()
-        self._pending.append((fut, ps, offset, ts))
+        deadline = loop.time() + timeout_ms / 1000
+        self._pending.append((fut, ps, offset, ts, deadline))
         if not self._wake.is_set():
             self._wake.set()
-        timer = loop.call_later(timeout_ms / 1000, _expire, fut, topic, partition, timeout_ms)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
+        watchdog = self._watchdog
+        if watchdog is None or deadline < watchdog.when():
+            if watchdog is not None:
+                watchdog.cancel()
+            self._watchdog = loop.call_at(deadline, self._expire_overdue)
+        return await fut
+
+    def _expire_overdue(self) -> None:
+        """Fail appends whose ``timeout_ms`` passed; re-arm for the next deadline.
+
+        One timer for all appends instead of one per call: a timer per append cost more than
+        framing the record. The record stays in its batch and may still be written, so the
+        caller gets ``AppendOutcomeUnknown``.
+        """
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        upcoming = None
+        for fut, ps, _offset, _ts, deadline in (*self._inflight, *self._pending):
+            if fut.done():
+                continue
+            if deadline <= now:
+                fut.set_exception(
+                    AppendOutcomeUnknown(
+                        f"append to {ps.topic.spec.name}[{ps.index}] not durable in time"
+                    )
+                )
+            elif upcoming is None or deadline < upcoming:
+                upcoming = deadline
+        if upcoming is not None:
+            self._watchdog = loop.call_at(upcoming, self._expire_overdue)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -590,8 +613,8 @@ class EmbeddedLog:
             # Swap the open batch out: appends arriving while it is written go to the next one.
             batch, pending = self._batch, self._pending
             self._batch, self._pending = WriteBatch(raw_mode=True), []
+            self._inflight = pending
             assert self._db is not None
-            assert self._writer_pool is not None
             try:
                 await loop.run_in_executor(
                     self._writer_pool, self._db.write, batch, self._write_opts
@@ -599,13 +622,15 @@ class EmbeddedLog:
             except Exception as exc:
                 self._fail_all(pending, exc)
                 return
+            finally:
+                self._inflight = []
             self.write_batches += 1
             if self.fsync == "always":
                 self.sync_batches += 1
             else:
                 self._unflushed = True
             touched: set[_Topic] = set()
-            for fut, ps, offset, ts in pending:
+            for fut, ps, offset, ts, _deadline in pending:
                 # Pending appends are in offset order per partition, so the last one wins.
                 ps.end = offset + 1
                 ps.committed_ts = ts
@@ -622,14 +647,16 @@ class EmbeddedLog:
         RocksDB may have put the failed batch into its WAL, so those offsets can reappear
         after a restart; reusing them in this session could give two records one offset.
         """
+        log.error("embedded log write failed; refusing appends until reopened: %s", exc)
         self._failure = exc
+        self._accepting = False
         queued, self._pending = self._pending, []
         self._batch = WriteBatch(raw_mode=True)
-        for fut, ps, _offset, _ts in written:
+        for fut, ps, _offset, _ts, _deadline in written:
             ps.next, ps.last_ts = ps.end, ps.committed_ts
             if not fut.done():
                 fut.set_exception(AppendOutcomeUnknown(f"embedded log write failed: {exc}"))
-        for fut, ps, _offset, _ts in queued:
+        for fut, ps, _offset, _ts, _deadline in queued:
             ps.next, ps.last_ts = ps.end, ps.committed_ts
             if not fut.done():
                 fut.set_exception(LogUnavailable(f"embedded log write failed: {exc}"))
@@ -644,8 +671,24 @@ class EmbeddedLog:
                 try:
                     await self._on_writer(self._db.flush_wal, True)
                 except Exception as exc:
+                    log.error("embedded log WAL sync failed: %s", exc)
                     self._failure = exc
+                    self._accepting = False
                     return
+
+    async def _compaction_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._compaction_s)
+            for name, topic in list(self._topics.items()):
+                if "compact" not in _policies(topic.spec.cleanup_policy):
+                    continue
+                try:
+                    removed = await self.compact(name)
+                except LogError as exc:
+                    log.warning("compaction of %s failed: %s", name, exc)
+                    continue
+                if removed:
+                    log.info("compaction removed %d records from %s", removed, name)
 
     # -- offsets and truncation ----------------------------------------------------------
 
@@ -660,6 +703,11 @@ class EmbeddedLog:
         return await self._on_reader(_search_time, ps.topic.cf, partition, ps.start, ps.end, ts_ms)
 
     async def delete_records(self, topic: str, partition: int, before_offset: int) -> int:
+        """DeleteRange of ``[start, before_offset)`` plus the new start, in one synced batch.
+
+        Like Kafka: an offset past the end raises ``OffsetOutOfRange``; one at or below the
+        current start changes nothing and returns the current start.
+        """
         ps = self._partition(topic, partition)
         self._require_writable()
         async with self._admin_lock:
@@ -723,6 +771,7 @@ class EmbeddedLog:
     # -- reading -------------------------------------------------------------------------
 
     def reader(self, topic: str, positions: Mapping[int, int]) -> EmbeddedReader:
+        """A reader; unknown topics and partitions are reported by ``poll``/``seek``."""
         self._require_open()
         reader = EmbeddedReader(self, topic, positions)
         self._readers.add(reader)
@@ -732,14 +781,7 @@ class EmbeddedLog:
         self._readers.discard(reader)
 
 
-def _expire(fut: asyncio.Future[AppendResult], topic: str, partition: int, timeout_ms: int) -> None:
-    # The record is already in a batch that will still be written: the caller cannot know.
-    if not fut.done():
-        fut.set_exception(
-            AppendOutcomeUnknown(
-                f"append to {topic}[{partition}] not durable within {timeout_ms} ms"
-            )
-        )
+# -- scans (run in the reader threads) ------------------------------------------------------
 
 
 def _search_time(cf: Rdict, partition: int, start: int, end: int, ts_ms: int) -> int | None:
@@ -748,12 +790,12 @@ def _search_time(cf: Rdict, partition: int, start: int, end: int, ts_ms: int) ->
     Timestamps never decrease along a partition, so "the first existing record at or after
     offset x has ts >= ts_ms" is monotone in x even with compaction gaps.
     """
-    bound = _read_until(partition, end)  # must outlive the iterator
-    it = cf.iter(bound)
+    it = cf.iter()
+    upper = _KEY.pack(partition, end)
 
     def first_from(offset: int) -> tuple[int, int] | None:
         it.seek(_KEY.pack(partition, offset))
-        if not it.valid():
+        if not it.valid() or it.key() >= upper:
             return None
         return _KEY.unpack(it.key())[1], _frame_timestamp(it.value())
 
@@ -774,11 +816,14 @@ def _compaction_victims(
 ) -> list[int]:
     newest: dict[bytes, int] = {}
     records: list[tuple[int, bytes, int, bool]] = []
-    bound = _read_until(partition, end)  # must outlive the iterator
-    it = cf.iter(bound)
+    it = cf.iter()
     it.seek(_KEY.pack(partition, start))
+    upper = _KEY.pack(partition, end)
     while it.valid():
-        offset = _KEY.unpack(it.key())[1]
+        k = it.key()
+        if k >= upper:
+            break
+        offset = _KEY.unpack(k)[1]
         ts, key, value, _headers = decode_frame(it.value())
         if key is not None:
             newest[key] = offset
@@ -810,8 +855,6 @@ def _scan(
         budget = max_records - len(out)
         if budget <= 0:
             break
-        # Bounds are checked here rather than with ReadOptions: rocksdict 0.3.29 does not keep
-        # an iterate bound alive with the iterator, so a bounded scan may see nothing.
         it = cf.iter()
         it.seek(_KEY.pack(partition, offset))
         upper = _KEY.pack(partition, end)
@@ -836,6 +879,7 @@ class EmbeddedReader:
     Reads only durable records (offsets below each partition's committed end). At the end of
     every partition ``poll`` parks on the topic's waiter list, which the writer wakes right
     after a group commit, so a new record reaches a waiting reader in about one commit.
+    Partitions take turns going first, so one busy partition cannot starve the others.
     """
 
     def __init__(self, log: EmbeddedLog, topic: str, positions: Mapping[int, int]) -> None:
@@ -894,6 +938,7 @@ class EmbeddedReader:
         for p in order[k:] + order[:k]:
             ps = t.parts[p]
             position = self._positions[p]
+            # Past the end is an error too, as on Kafka with auto_offset_reset="none".
             if position < ps.start or position > ps.end:
                 raise OffsetOutOfRange(
                     ps.start,
@@ -909,9 +954,9 @@ class EmbeddedReader:
         return self._positions[partition]
 
     async def seek(self, partition: int, offset: int) -> None:
-        self._log._partition(self._topic_name, partition)
         if self._closed:
             raise LogUnavailable("reader is closed")
+        self._log._partition(self._topic_name, partition)
         self._positions[partition] = offset
 
     async def close(self) -> None:

@@ -1,14 +1,20 @@
-"""In-memory twin of the log: same contract, no durability; for fast tests and tools."""
+"""The in-memory twin of the event log: the same contract (spec 05 §8.2), no durability.
+
+For unit tests and tools that need a log without a disk. It passes the shared contract suite
+in ``tests/contract/test_log_contract.py``, so code tested against it behaves the same on the
+embedded and Kafka backends. ``append`` is acknowledged as soon as the record is stored.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sockudo.errors import (
+    LogError,
     LogUnavailable,
     OffsetOutOfRange,
     RecordTooLarge,
@@ -17,42 +23,88 @@ from sockudo.errors import (
 )
 from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec
 
+__all__ = ["MemoryLog", "MemoryReader"]
+
+_DEFAULT_DELETE_RETENTION_MS = 86_400_000
+
+
+def _policies(value: str) -> frozenset[str]:
+    """``cleanup.policy`` as a set: ``"compact,delete"`` equals ``"delete,compact"``."""
+    return frozenset(p.strip() for p in value.split(",") if p.strip())
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
 
 @dataclass(slots=True)
 class _Partition:
+    """Records of one partition in offset order, with parallel lists for binary search."""
+
     start: int = 0
     end: int = 0
-    records: dict[int, LogRecord] = field(default_factory=dict)
-    timestamps: list[tuple[int, int]] = field(default_factory=list)
-    """(timestamp, offset) in offset order; timestamps never decrease."""
+    last_ts: int = 0
+    offsets: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    """Non-decreasing, so ``bisect`` finds the first record at or after a time."""
+    records: list[LogRecord] = field(default_factory=list)
+
+    def keep(self, indices: Sequence[int]) -> None:
+        self.offsets = [self.offsets[i] for i in indices]
+        self.timestamps = [self.timestamps[i] for i in indices]
+        self.records = [self.records[i] for i in indices]
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class _Topic:
     spec: TopicSpec
     parts: list[_Partition]
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    """Readers parked at the end of every partition, woken by the next append."""
+
+    def wake_readers(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
 
 class MemoryLog:
-    """Records live in dicts; ``append`` is acknowledged immediately."""
+    """An ``EventLog`` whose records live in lists; nothing survives the process.
 
-    def __init__(self, *, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
+    Compacted topics are compacted only when ``compact`` is called, with the embedded log's
+    rules: newest record per key kept, offsets unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+        clock: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
         self._topics: dict[str, _Topic] = {}
         self._max = max_record_bytes
+        self._clock = clock
         self._open = False
+        self._closed = False
 
     async def start(self) -> None:
+        if self._closed:
+            raise LogUnavailable("memory log is closed")
         self._open = True
 
     async def close(self) -> None:
         self._open = False
+        self._closed = True
         for t in self._topics.values():
-            t.changed.set()
+            t.wake_readers()
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise LogUnavailable("memory log is not started (or already closed)")
 
     def _topic(self, name: str) -> _Topic:
-        if not self._open:
-            raise LogUnavailable("memory log is closed")
+        self._require_open()
         t = self._topics.get(name)
         if t is None:
             raise UnknownTopic(f"topic {name} does not exist")
@@ -61,27 +113,35 @@ class MemoryLog:
     def _partition(self, topic: str, partition: int) -> _Partition:
         t = self._topic(topic)
         if not 0 <= partition < len(t.parts):
-            raise UnknownTopic(f"topic {topic} has no partition {partition}")
+            raise UnknownTopic(
+                f"topic {topic} has {len(t.parts)} partitions, no partition {partition}"
+            )
         return t.parts[partition]
 
     async def ensure_topic(self, name: str, partitions: int, config: Mapping[str, str]) -> None:
-        spec = TopicSpec(name, partitions, dict(config))
+        self._require_open()
+        if partitions < 1:
+            raise LogError(f"topic {name}: partitions must be >= 1, not {partitions}")
         existing = self._topics.get(name)
         if existing is None:
+            spec = TopicSpec(name, partitions, dict(config))
             self._topics[name] = _Topic(spec, [_Partition() for _ in range(partitions)])
             return
-        if existing.spec.partitions != partitions:
+        actual = existing.spec
+        if actual.partitions != partitions:
             raise TopicMismatch(
-                f"topic {name}: expected {partitions} partitions, found {existing.spec.partitions}"
+                f"topic {name}: expected {partitions} partitions, "
+                f"actual {actual.partitions} partitions"
             )
-        if existing.spec.cleanup_policy != spec.cleanup_policy:
+        expected_policy = config.get("cleanup.policy", "delete")
+        if _policies(actual.cleanup_policy) != _policies(expected_policy):
             raise TopicMismatch(
-                f"topic {name}: expected cleanup.policy={spec.cleanup_policy}, "
-                f"found {existing.spec.cleanup_policy}"
+                f"topic {name}: expected cleanup.policy={expected_policy}, "
+                f"actual cleanup.policy={actual.cleanup_policy}"
             )
 
     async def partitions(self, topic: str) -> int:
-        return self._topic(topic).spec.partitions
+        return len(self._topic(topic).parts)
 
     async def append(
         self,
@@ -94,18 +154,20 @@ class MemoryLog:
         timeout_ms: int,
     ) -> AppendResult:
         p = self._partition(topic, partition)
-        size = len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+        size = (0 if key is None else len(key)) + (0 if value is None else len(value))
+        for name, raw in headers:
+            size += len(name) + len(raw)
         if size > self._max:
-            raise RecordTooLarge(f"record of {size} bytes exceeds {self._max}")
-        last_ts = p.timestamps[-1][0] if p.timestamps else 0
-        ts = max(last_ts, int(time.time() * 1000))
+            raise RecordTooLarge(f"record of {size} bytes exceeds the limit of {self._max} bytes")
+        ts = max(p.last_ts, self._clock())
         offset = p.end
-        p.records[offset] = LogRecord(topic, partition, offset, ts, key, value, tuple(headers))
-        p.timestamps.append((ts, offset))
-        p.end += 1
-        t = self._topics[topic]
-        t.changed.set()
-        t.changed = asyncio.Event()
+        record = LogRecord(topic, partition, offset, ts, key, value, tuple(headers))
+        p.offsets.append(offset)
+        p.timestamps.append(ts)
+        p.records.append(record)
+        p.end = offset + 1
+        p.last_ts = ts
+        self._topics[topic].wake_readers()
         return AppendResult(partition, offset, ts)
 
     async def bounds(self, topic: str, partition: int) -> tuple[int, int]:
@@ -114,63 +176,141 @@ class MemoryLog:
 
     async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
         p = self._partition(topic, partition)
-        i = bisect.bisect_left(p.timestamps, (ts_ms, -1))
-        while i < len(p.timestamps) and p.timestamps[i][1] < p.start:
-            i += 1
-        return p.timestamps[i][1] if i < len(p.timestamps) else None
+        i = bisect.bisect_left(p.timestamps, ts_ms)
+        return p.offsets[i] if i < len(p.offsets) else None
 
     async def delete_records(self, topic: str, partition: int, before_offset: int) -> int:
         p = self._partition(topic, partition)
-        if before_offset > p.end:
-            raise OffsetOutOfRange(p.start, p.end)
-        for o in range(p.start, before_offset):
-            p.records.pop(o, None)
-        p.start = max(p.start, before_offset)
+        if before_offset > p.end or before_offset < 0:
+            raise OffsetOutOfRange(
+                p.start,
+                p.end,
+                f"cannot delete {topic}[{partition}] before {before_offset}: "
+                f"log_start={p.start} end={p.end}",
+            )
+        if before_offset > p.start:
+            cut = bisect.bisect_left(p.offsets, before_offset)
+            p.keep(range(cut, len(p.offsets)))
+            p.start = before_offset
         return p.start
 
+    async def compact(self, topic: str, *, now_ms: int | None = None) -> int:
+        """Compact a ``cleanup.policy=compact`` topic like ``EmbeddedLog.compact``."""
+        t = self._topic(topic)
+        if "compact" not in _policies(t.spec.cleanup_policy):
+            return 0
+        now = self._clock() if now_ms is None else now_ms
+        lag_cutoff = now - int(t.spec.config.get("min.compaction.lag.ms", "0"))
+        tombstone_cutoff = now - int(
+            t.spec.config.get("delete.retention.ms", _DEFAULT_DELETE_RETENTION_MS)
+        )
+        removed = 0
+        for p in t.parts:
+            newest = {r.key: i for i, r in enumerate(p.records) if r.key is not None}
+            last = len(p.records) - 1
+            kept = []
+            for i, r in enumerate(p.records):
+                if r.key is None or i == last:
+                    drop = False
+                elif newest[r.key] != i:
+                    drop = r.timestamp_ms <= lag_cutoff
+                else:
+                    drop = r.value is None and r.timestamp_ms <= tombstone_cutoff
+                if not drop:
+                    kept.append(i)
+            removed += len(p.records) - len(kept)
+            p.keep(kept)
+        return removed
+
     def reader(self, topic: str, positions: Mapping[int, int]) -> MemoryReader:
+        """A reader; unknown topics and partitions are reported by ``poll``/``seek``."""
+        self._require_open()
         return MemoryReader(self, topic, positions)
 
 
 class MemoryReader:
-    """Reads a :class:`MemoryLog` topic from explicit positions, waiting at the end."""
+    """Reads a ``MemoryLog`` topic from explicit positions, waiting at the end."""
 
     def __init__(self, log: MemoryLog, topic: str, positions: Mapping[int, int]) -> None:
         self._log = log
-        self._topic = topic
+        self._topic_name = topic
         self._positions = dict(positions)
+        self._rotation = 0
+        self._closed = False
+
+    def _topic(self) -> _Topic:
+        if self._closed:
+            raise LogUnavailable("reader is closed")
+        t = self._log._topic(self._topic_name)
+        for p in self._positions:
+            if not 0 <= p < len(t.parts):
+                raise UnknownTopic(
+                    f"topic {self._topic_name} has {len(t.parts)} partitions, no partition {p}"
+                )
+        return t
 
     async def poll(self, max_records: int, timeout_ms: int) -> list[LogRecord]:
-        deadline = time.monotonic() + timeout_ms / 1000
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
         while True:
-            t = self._log._topic(self._topic)
-            out: list[LogRecord] = []
-            for p, pos in sorted(self._positions.items()):
-                part = t.parts[p]
-                if pos < part.start or pos > part.end:
-                    raise OffsetOutOfRange(part.start, part.end)
-                while pos < part.end and len(out) < max_records:
-                    rec = part.records.get(pos)
-                    if rec is not None:
-                        out.append(rec)
-                    pos += 1
-                self._positions[p] = pos
+            t = self._topic()
+            out = self._take(t, max(1, max_records))
             if out:
                 return out
-            remaining = deadline - time.monotonic()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
+            waiter: asyncio.Future[None] = loop.create_future()
+            t.waiters.append(waiter)
+            timer = loop.call_later(remaining, _resolve, waiter)
             try:
-                await asyncio.wait_for(t.changed.wait(), remaining)
-            except TimeoutError:
-                return []
+                await waiter
+            finally:
+                timer.cancel()
+                if waiter in t.waiters:
+                    t.waiters.remove(waiter)
+
+    def _take(self, t: _Topic, max_records: int) -> list[LogRecord]:
+        order = sorted(self._positions)
+        if not order:
+            return []
+        k = self._rotation % len(order)
+        self._rotation += 1
+        order = order[k:] + order[:k]
+        for p in order:  # every position is checked before anything is read
+            part, position = t.parts[p], self._positions[p]
+            if position < part.start or position > part.end:
+                raise OffsetOutOfRange(
+                    part.start,
+                    part.end,
+                    f"{self._topic_name}[{p}] offset {position} out of range: "
+                    f"log_start={part.start} end={part.end}",
+                )
+        out: list[LogRecord] = []
+        for p in order:
+            budget = max_records - len(out)
+            if budget <= 0:
+                break
+            part = t.parts[p]
+            i = bisect.bisect_left(part.offsets, self._positions[p])
+            taken = part.records[i : i + budget]
+            out += taken
+            self._positions[p] = taken[-1].offset + 1 if len(taken) == budget else part.end
+        return out
 
     def position(self, partition: int) -> int:
         return self._positions[partition]
 
     async def seek(self, partition: int, offset: int) -> None:
-        self._log._partition(self._topic, partition)
+        if self._closed:
+            raise LogUnavailable("reader is closed")
+        self._log._partition(self._topic_name, partition)
         self._positions[partition] = offset
 
     async def close(self) -> None:
-        self._positions.clear()
+        self._closed = True
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

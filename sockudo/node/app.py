@@ -7,17 +7,25 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from sockudo.errors import SockudoError
 from sockudo.http import events, health, history
 from sockudo.http.context import HttpContext
 from sockudo.http.errors import handle_exception, not_found
+from sockudo.node.hub import Hub
 from sockudo.node.services import ChannelService
+from sockudo.ws.endpoint import websocket_v1
 
 
-def build_app(channels: ChannelService, *, clock: Callable[[], float] = time.time) -> Starlette:
+def build_app(
+    channels: ChannelService,
+    *,
+    clock: Callable[[], float] = time.time,
+    hub: Hub | None = None,
+) -> Starlette:
     routes = [
+        WebSocketRoute("/app/{app_key}", websocket_v1),
         Route("/live", health.live, methods=["GET"]),
         Route("/up", health.up, methods=["GET"]),
         Route("/up/{app_id}", health.up_app, methods=["GET"]),
@@ -49,5 +57,7 @@ def build_app(channels: ChannelService, *, clock: Callable[[], float] = time.tim
             HTTPException: not_found,
         },
     )
-    app.state.ctx = HttpContext(settings=channels.settings, channels=channels, clock=clock)
+    app.state.ctx = HttpContext(
+        settings=channels.settings, channels=channels, clock=clock, hub=hub or Hub()
+    )
     return app

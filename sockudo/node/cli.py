@@ -20,6 +20,8 @@ from sockudo.config import Settings, load_settings
 from sockudo.errors import ConfigError
 from sockudo.metrics import REGISTRY
 from sockudo.node.app import build_app
+from sockudo.node.fanout import Fanout
+from sockudo.node.hub import Hub
 from sockudo.node.runtime import Runtime
 from sockudo.node.services import ChannelService
 
@@ -85,10 +87,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 async def run_node(settings: Settings) -> None:
-    runtime = Runtime(settings)
+    hub = Hub()
+    fanout = Fanout(hub)
+    runtime = Runtime(settings, on_deliveries=fanout.deliver)
     await runtime.start()
     channels = ChannelService(runtime)
-    app = build_app(channels)
+    app = build_app(channels, hub=hub)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,11 +101,16 @@ async def run_node(settings: Settings) -> None:
     async def shutdown_trigger() -> None:
         await stop.wait()
         app.state.ctx.draining = True
+        # Tell live sockets to reconnect elsewhere now instead of holding the graceful period.
+        hub.close_all(4200, "Server shutting down")
 
     main_cfg = HypercornConfig()
     main_cfg.bind = [f"{settings.host}:{settings.port}"]
     main_cfg.graceful_timeout = float(settings.shutdown_grace_period)
     main_cfg.accesslog = None
+    # Hypercorn's own frame cap is only a memory guard; the endpoint enforces the configured
+    # limit exactly and closes with 1009 (spec 01 §2.4).
+    main_cfg.websocket_max_message_size = 4 * settings.websocket_max_payload_kb * 1024
     servers = [serve(app, main_cfg, shutdown_trigger=shutdown_trigger)]  # type: ignore[arg-type]
     if settings.metrics_enabled:
         metrics_cfg = HypercornConfig()

@@ -1,0 +1,231 @@
+"""WebSocket endpoint ``/app/{app_key}``: pre-upgrade checks, admission, read loop, close codes.
+
+Protocol V1 only for now. One writer task per socket drains its :class:`~sockudo.node.hub.Outbox`;
+the read loop and fanout only enqueue, so frames leave in one order and a slow client cannot
+block the fold loop (spec 01 §2, §3.1-3.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, MutableMapping
+from typing import Any, Protocol
+
+from starlette.responses import PlainTextResponse, Response
+from starlette.websockets import WebSocket
+
+from sockudo.config import AppConfig, Settings
+from sockudo.node.hub import Hub, Outbox
+from sockudo.ws import v1
+from sockudo.ws.session import Reply, Session
+
+log = logging.getLogger(__name__)
+
+MESSAGE_TOO_BIG = 1009
+_V2_FORMATS = frozenset({"", "json", "msgpack", "messagepack", "protobuf", "proto"})
+_ANY_ORIGIN = frozenset({"*", "any"})
+
+
+class WsContext(Protocol):
+    """What the endpoint reads from ``app.state.ctx`` (the node's HttpContext satisfies it)."""
+
+    settings: Settings
+    hub: Hub
+    draining: bool
+    clock: Callable[[], float]
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+
+def check_query(params: dict[str, str]) -> tuple[int | None, str | None]:
+    """``(protocol, error)``: the protocol number, or why the upgrade is refused with 400."""
+    raw = params.get("protocol")
+    protocol = None
+    if raw is not None:
+        if not raw.isascii() or not raw.isdigit() or int(raw) > 255:
+            return None, "protocol must be an unsigned integer 0-255"
+        protocol = int(raw)
+    echo = params.get("echo_messages")
+    if echo is not None and echo not in ("true", "false"):
+        return None, "echo_messages must be true or false"
+    if protocol == 2 and params.get("format", "").strip().lower() not in _V2_FORMATS:
+        return None, "unknown format"
+    return protocol, None
+
+
+def origin_allowed(app: AppConfig, origin: str) -> bool:
+    """Exact, case-insensitive match; ``None``, empty, ``*`` or ``any`` allow everything."""
+    allowed = app.allowed_origins
+    if not allowed or any(a in _ANY_ORIGIN for a in allowed):
+        return True
+    return origin.lower() in (a.lower() for a in allowed)
+
+
+def new_socket_id(taken: Callable[[str], bool]) -> str:
+    """Two decimal integers in [0, 10^10] joined by a dot, unique on this node (spec 01 §3.1)."""
+    while True:
+        sid = f"{secrets.randbelow(10**10 + 1)}.{secrets.randbelow(10**10 + 1)}"
+        if not taken(sid):
+            return sid
+
+
+def admission_error(
+    settings: Settings, hub: Hub, app: AppConfig | None, origin: str
+) -> tuple[int, str] | None:
+    """The first failing step of spec 01 §2.3 (V1: steps 1-5), or ``None`` to admit."""
+    if app is None:
+        return 4001, "Application does not exist"
+    if not app.enabled:
+        return 4003, "Application disabled"
+    if not origin_allowed(app, origin):
+        return 4009, "Origin not allowed"
+    if settings.max_connections and hub.connection_count() >= settings.max_connections:
+        return 4100, "Over capacity"
+    if app.limits.max_connections and hub.connection_count(app.id) >= app.limits.max_connections:
+        return 4004, "Application is over connection quota"
+    return None
+
+
+# --- the endpoint -------------------------------------------------------------------------------
+
+
+async def websocket_v1(websocket: WebSocket) -> None:
+    ctx: WsContext = websocket.app.state.ctx
+    if ctx.draining:
+        await _deny(websocket, Response(status_code=503))
+        return
+    protocol, problem = check_query(dict(websocket.query_params))
+    if problem is not None:
+        await _deny(websocket, PlainTextResponse(problem, status_code=400))
+        return
+    await websocket.accept()
+    if protocol == 2:
+        # V2 is a later slice; answering V1 frames to a V2 client would mislead it.
+        await _reject(websocket, 4007, "Unsupported protocol version")
+        return
+    settings, hub = ctx.settings, ctx.hub
+    app = settings.app_by_key(websocket.path_params["app_key"])
+    rejection = admission_error(settings, hub, app, websocket.headers.get("origin", ""))
+    if rejection is not None:
+        await _reject(websocket, *rejection)
+        return
+    assert app is not None
+    socket_id = new_socket_id(hub.has_socket)
+    outbox = Outbox(socket_id, app.id)
+    session = Session(
+        socket_id, app, activity_timeout=settings.activity_timeout, now=time.monotonic()
+    )
+    hub.add(outbox)
+    outbox.offer(session.opening())
+    writer = asyncio.create_task(_write(websocket, outbox), name=f"ws-writer:{socket_id}")
+    try:
+        await _read(
+            websocket, session, outbox, hub, writer, settings.websocket_max_payload_kb * 1024
+        )
+    finally:
+        hub.remove(socket_id)
+        if not writer.done():
+            outbox.request_close(1000, "")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, 5)
+
+
+async def _deny(websocket: WebSocket, response: Response) -> None:
+    """A plain HTTP answer instead of the upgrade (spec 01 §2.2)."""
+    try:
+        await websocket.send_denial_response(response)
+    except RuntimeError:
+        # Server without the denial extension: closing before accept yields HTTP 403.
+        await websocket.close()
+
+
+async def _reject(websocket: WebSocket, code: int, reason: str) -> None:
+    """Admission failure: the error frame, then the close with the same code (spec 01 §2.3)."""
+    try:
+        await websocket.send_text(v1.error(code, reason))
+        await websocket.close(code, reason)
+    except Exception as exc:  # the client already left; nothing to tell it
+        log.debug("rejecting a socket with %s failed: %s", code, exc)
+
+
+async def _read(
+    websocket: WebSocket,
+    session: Session,
+    outbox: Outbox,
+    hub: Hub,
+    writer: asyncio.Task[None],
+    max_bytes: int,
+) -> None:
+    """Inbound frames until the client leaves or the writer has closed the socket."""
+    receiving: asyncio.Future[MutableMapping[str, Any]] | None = None
+    try:
+        while not writer.done():
+            if receiving is None:
+                receiving = asyncio.ensure_future(websocket.receive())
+            timeout = max(0.0, session.next_deadline() - time.monotonic())
+            # Waiting on the writer too ends the loop as soon as a close (fanout's 4100,
+            # shutdown's 4200, our own 4201/1009) has gone out, without polling.
+            waiting: set[asyncio.Future[Any]] = {receiving, writer}
+            done, _ = await asyncio.wait(
+                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if receiving not in done:
+                if writer not in done:
+                    _apply(session.tick(time.monotonic()), session, outbox, hub)
+                continue
+            message = receiving.result()
+            receiving = None
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            raw = text if isinstance(text, str) else message.get("bytes")
+            if not isinstance(raw, str | bytes):
+                continue
+            size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+            if size > max_bytes:
+                outbox.request_close(MESSAGE_TOO_BIG, "Message too big")
+                continue  # the writer sends the close; the loop ends when it is done
+            _apply(session.handle(raw, time.monotonic()), session, outbox, hub)
+    finally:
+        if receiving is not None and not receiving.done():
+            receiving.cancel()
+            with contextlib.suppress(BaseException):
+                await receiving
+
+
+def _apply(reply: Reply, session: Session, outbox: Outbox, hub: Hub) -> None:
+    # Join before the success frame is queued and the frame goes through the same queue as
+    # fanout, so no message published after subscription_succeeded can be missed.
+    if reply.join is not None:
+        hub.subscribe(session.socket_id, reply.join)
+    if reply.leave is not None:
+        hub.unsubscribe(session.socket_id, reply.leave)
+    for frame in reply.frames:
+        if not outbox.offer(frame):
+            outbox.request_close(4100, "Over capacity")
+            return
+    if reply.close is not None:
+        outbox.request_close(*reply.close)
+
+
+async def _write(websocket: WebSocket, outbox: Outbox) -> None:
+    """The only sender after admission: queued frames in order, then the requested close."""
+    try:
+        while True:
+            await outbox.wait()
+            for frame in outbox.take():
+                await websocket.send_text(frame)
+            if outbox.close_request is not None:
+                code, reason = outbox.close_request
+                if code >= 4000:
+                    # Every server close >= 4000 is preceded by the same error (spec 01 §2.4).
+                    await websocket.send_text(v1.error(code, reason))
+                await websocket.close(code, reason)
+                return
+    except Exception as exc:  # the peer went away mid-send; the read loop sees the disconnect
+        log.debug("writer of %s stopped: %s", outbox.socket_id, exc)
