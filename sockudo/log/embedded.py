@@ -227,7 +227,8 @@ class EmbeddedLog:
     drop that much, a process crash nothing); ``never`` leaves syncing to the OS.
 
     Compacted topics (``cleanup.policy`` containing ``compact``) are compacted every
-    ``compaction_interval_ms`` (0 = only when ``compact`` is called).
+    ``compaction_interval_ms`` (0 = only when ``compact`` is called). ``clock`` (wall time in
+    ms) is injectable so tests can make time run backwards across a restart.
 
     ``sync_batches`` counts synced group commits and ``write_batches`` all batch writes, so
     tests and benchmarks can see how many records share one fsync.
