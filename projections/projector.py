@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from projections.folds.channel import CHANNEL_EVENT_TYPES, ChannelState, RecordContext, fold
+from projections.folds.presence import PRESENCE_EVENT_TYPES, fold_presence
 from projections.folds.state import IGNORED, Delivery, Outcome, StreamHead
 from projections.store import keys
 from projections.store.kv import Overlay
@@ -133,8 +134,12 @@ class Projector:
                 folded = fold(channel_state, ctx, event)
                 outcome = folded.outcome
                 result.deliveries.extend(folded.deliveries)
+            elif isinstance(event, PRESENCE_EVENT_TYPES):
+                folded = fold_presence(channel_state, ctx, event)
+                outcome = folded.outcome
+                result.deliveries.extend(folded.deliveries)
             else:
-                # Families folded by later projections (presence, versions, ...) still move
+                # Families folded by later projections (versions, annotations) still move
                 # the checkpoint; their outcome says nobody here interpreted them.
                 outcome = Outcome(kind=IGNORED, details={"type": type(event).__name__})
             result.outcomes[(rec.partition, rec.offset)] = outcome

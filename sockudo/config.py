@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from sockudo.errors import ConfigError
+from sockudo.origins import InvalidOriginPattern, validate_pattern
 
 __all__ = [
     "DEV_APP_ID",
@@ -948,8 +949,10 @@ def _compile(pattern: str, where: str) -> re.Pattern[str]:
 
 def _validate_origins(origins: tuple[str, ...], where: str) -> tuple[str, ...]:
     for origin in origins:
-        if origin.count("*") > 1:
-            raise ConfigError(f"{where}: origin pattern {origin!r} has more than one '*'")
+        try:
+            validate_pattern(origin)
+        except InvalidOriginPattern as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
     return origins
 
 

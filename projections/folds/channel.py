@@ -13,6 +13,7 @@ import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from projections.folds.state import (
     APPLIED,
@@ -25,6 +26,7 @@ from projections.folds.state import (
     REBASED,
     RESET,
     STATE_MARKED,
+    CachedEvent,
     Delivery,
     HistoryRow,
     Outcome,
@@ -33,6 +35,7 @@ from projections.folds.state import (
 )
 from projections.store import keys
 from projections.store.kv import KV
+from sockudo.channels import classify_channel
 from sockudo.events.channel import (
     ChannelEvent,
     HistoryPurged,
@@ -48,6 +51,8 @@ DEDUP_WINDOW_MS = 600_000
 _PRUNE_BUCKET_MS = 60_000
 _IDEM_BY_EXPIRY = b"\xff"  # UTF-8 app ids never contain 0xFF, so this region is disjoint.
 _OFFSET_VALUE = struct.Struct(">QH")  # record time, length of the event id that follows
+
+_E = TypeVar("_E", bound=Any)
 
 CHANNEL_EVENT_TYPES = (
     MessagePublished,
@@ -123,8 +128,22 @@ def first_stream_id(event_id: str, app_id: str, channel: str) -> str:
 
 def fold(state: ChannelState, ctx: RecordContext, event: ChannelEvent) -> FoldResult:
     """Apply one record; keep its outcome under its offset; return what to deliver."""
+    return fold_record(state, ctx, event, _apply)
+
+
+def fold_record(
+    state: ChannelState,
+    ctx: RecordContext,
+    event: _E,
+    apply: Callable[[ChannelState, RecordContext, _E], FoldResult],
+) -> FoldResult:
+    """The frame every fold of the topic shares: prune by record time, apply, keep the outcome.
+
+    ``apply`` is the family's own fold; the outcome lands under the record's offset so waiters
+    and ``inspect-stream`` can map offsets to what they meant.
+    """
     _prune_expired(state.kv, ctx)
-    result = _apply(state, ctx, event)
+    result = apply(state, ctx, event)
     event_id = event.event_id.encode()
     state.kv.put(
         keys.OFFSETS,
@@ -160,7 +179,7 @@ def _apply(state: ChannelState, ctx: RecordContext, event: ChannelEvent) -> Fold
 
 def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> FoldResult:
     kv = state.kv
-    seen = _seen_event(kv, ctx, ev.event_id)
+    seen = seen_event(kv, ctx, ev.event_id)
     if seen is not None:
         return FoldResult(seen)
     idem = ev.idempotency
@@ -222,6 +241,11 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
         deliveries = (_delivery(ev, head.stream_id, d, h, ts),) if ctx.deliver else ()
 
     kv.put(keys.DEDUP, keys.dedup_key(ctx.partition, ev.event_id), keys.u64(ctx.offset))
+    if not ev.client_event and classify_channel(ev.channel).cache:
+        # Cache channels keep their last HTTP publish for new subscribers (spec 01 §3.9);
+        # client events are not cached (upstream behaviour).
+        cached = CachedEvent(ev.name, ev.data, ts)
+        kv.put(keys.CACHE, keys.channel_prefix(ev.app_id, ev.channel), cached.encode())
     if idem is not None:
         expires = ts + idem.ttl_ms
         entry = {"f": idem.fingerprint, "x": expires, "at": ctx.offset}
@@ -434,7 +458,8 @@ def _rebase(state: ChannelState, ctx: RecordContext, ev: PartitionRebased) -> Fo
 # --- dedupe and pruning --------------------------------------------------------------------
 
 
-def _seen_event(kv: KV, ctx: RecordContext, event_id: str) -> Outcome | None:
+def seen_event(kv: KV, ctx: RecordContext, event_id: str) -> Outcome | None:
+    """The original outcome when ``event_id`` was already folded in this partition."""
     raw = kv.get(keys.DEDUP, keys.dedup_key(ctx.partition, event_id))
     if raw is None:
         return None

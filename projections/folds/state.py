@@ -166,6 +166,31 @@ class HistoryRow:
         return cls(message_json=bytes(raw[_ROW.size :]), published_at_ms=ts, offset=offset)
 
 
+CACHE_TTL_MS = 3_600_000
+"""How long a cache channel's last event is served after it was published (spec 01 §3.9)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedEvent:
+    """The last HTTP publish of a cache channel (``cache`` CF)."""
+
+    event: str
+    data: str
+    published_at_ms: int
+
+    def encode(self) -> bytes:
+        return dumps([self.event, self.data, self.published_at_ms])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CachedEvent:
+        event, data, ts = json.loads(raw)
+        return cls(event, data, ts)
+
+    def ttl_s(self, now_ms: int) -> int:
+        """Seconds it is still served; 0 or less means expired."""
+        return (self.published_at_ms + CACHE_TTL_MS - now_ms) // 1000
+
+
 # Outcome kinds: what folding one record meant.
 APPLIED = "applied"
 EPHEMERAL = "ephemeral"
@@ -177,6 +202,22 @@ STATE_MARKED = "state_marked"
 REBASED = "rebased"
 GENESIS = "genesis"
 IGNORED = "ignored"
+JOINED = "presence_joined"
+LEFT = "presence_left"
+UPDATED = "presence_updated"
+PRESENCE_RESET = "presence_reset"
+NODE_DEAD = "node_dead"
+TERMINATED = "terminated"
+
+# Delivery kinds: what fanout does with a delivery.
+MESSAGE = "message"
+"""A channel message (HTTP publish or client event)."""
+MEMBER_ADDED = "member_added"
+MEMBER_REMOVED = "member_removed"
+MEMBER_UPDATED = "member_updated"
+"""User-level presence edges; ``data`` is the frame's data string."""
+CLOSE_USER = "close_user"
+"""Close every socket of ``user_id``; ``data`` is ``"terminate"`` or ``"reconnect"``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,3 +288,4 @@ class Delivery:
     client_event: bool
     extras_json: str | None
     tags: dict[str, str] | None
+    kind: str = MESSAGE

@@ -19,8 +19,36 @@ HISTORY = "history"
 OFFSETS = "offsets"
 DEDUP = "dedup"
 IDEM = "idem"
+PRESENCE = "presence"
+"""Connections in presence channels: ``CK user_id 0x00 incarnation 0x00 socket_id``."""
+PRESENCE_USERS = "presence_users"
+"""Members (user level): ``CK user_id`` → connection count and the first connection's info."""
+BY_NODE = "by_node"
+"""``u32 partition ‖ incarnation 0x00 ‖ CK user_id 0x00 socket_id``: cleanup of dead nodes."""
+DEAD_NODES = "dead_nodes"
+"""``u32 partition ‖ incarnation``: incarnations declared dead in that partition."""
+PSTREAMS = "pstreams"
+"""Presence-history stream heads, one per presence channel (``CK``)."""
+PRESENCE_HIST = "presence_hist"
+"""Presence-history transitions: ``CK gen u64 P``."""
+CACHE = "cache"
+"""Last HTTP-published event of each cache channel (``CK``)."""
 
-COLUMN_FAMILIES: tuple[str, ...] = (META, STREAMS, HISTORY, OFFSETS, DEDUP, IDEM)
+COLUMN_FAMILIES: tuple[str, ...] = (
+    META,
+    STREAMS,
+    HISTORY,
+    OFFSETS,
+    DEDUP,
+    IDEM,
+    PRESENCE,
+    PRESENCE_USERS,
+    BY_NODE,
+    DEAD_NODES,
+    PSTREAMS,
+    PRESENCE_HIST,
+    CACHE,
+)
 """Every column family; ``tools rebuild --verify`` compares all of them except ``meta``."""
 
 
@@ -68,6 +96,42 @@ def idem_key(app_id: str, ns: str, key: str, channel: str) -> bytes:
 
 def idem_prefix(app_id: str, ns: str, key: str) -> bytes:
     return app_id.encode() + b"\x00" + f"{ns}:{key}".encode() + b"\x00"
+
+
+def member_key(ck: bytes, user_id: str) -> bytes:
+    return ck + user_id.encode()
+
+
+def connection_key(ck: bytes, user_id: str, incarnation: str, socket_id: str) -> bytes:
+    return ck + user_id.encode() + b"\x00" + incarnation.encode() + b"\x00" + socket_id.encode()
+
+
+def connections_of_member_prefix(ck: bytes, user_id: str) -> bytes:
+    return ck + user_id.encode() + b"\x00"
+
+
+def by_node_prefix(partition: int, incarnation: str) -> bytes:
+    return _U32.pack(partition) + incarnation.encode() + b"\x00"
+
+
+def by_node_key(partition: int, incarnation: str, ck: bytes, user_id: str, socket_id: str) -> bytes:
+    return (
+        by_node_prefix(partition, incarnation)
+        + ck
+        + user_id.encode()
+        + b"\x00"
+        + socket_id.encode()
+    )
+
+
+def split_by_node_key(key: bytes) -> tuple[str, str, str, str]:
+    """``(app_id, channel, user_id, socket_id)`` of a ``by_node`` key."""
+    _incarnation, app, channel, user, socket = key[4:].split(b"\x00", 4)
+    return app.decode(), channel.decode(), user.decode(), socket.decode()
+
+
+def dead_node_key(partition: int, incarnation: str) -> bytes:
+    return _U32.pack(partition) + incarnation.encode()
 
 
 def checkpoint_key(topic: str, partition: int) -> bytes:

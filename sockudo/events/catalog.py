@@ -50,10 +50,11 @@ from sockudo.events.registry import (
     PushTemplateUpserted,
     RegistryEvent,
 )
+from sockudo.events.users import UserConnectionsTerminated, UserEvent
 
 __all__ = ["EVENT_CLASSES", "ChannelTopicEvent", "Event"]
 
-ChannelTopicEvent = ChannelEvent | PresenceEvent | MessageMutation | AnnotationEvent
+ChannelTopicEvent = ChannelEvent | PresenceEvent | MessageMutation | AnnotationEvent | UserEvent
 """What a ``channel-events`` record decodes to."""
 
 Event = ChannelTopicEvent | PushLifecycleEvent | RegistryEvent | NodeEvent
@@ -73,6 +74,8 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     PresenceMemberUpdated,
     PresenceHistoryReset,
     NodeDeclaredDead,
+    # channel-events: connection control
+    UserConnectionsTerminated,
     # channel-events: versioned-message mutations and annotations
     MessageUpdated,
     MessageDeleted,

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from sockudo.config import Settings
+from sockudo.node.connections import ConnectionService
 from sockudo.node.hub import Hub
 from sockudo.node.services import ChannelService
+from sockudo.node.watchlist import Watchlists
 
 
 @dataclass(slots=True)
@@ -22,6 +24,15 @@ class HttpContext:
     extra: dict[str, object] = field(default_factory=dict)
     hub: Hub = field(default_factory=Hub)
     """This node's sockets and subscriptions (live counts such as ``subscription_count``)."""
+    connections: ConnectionService | None = None
+    """Log-backed socket actions (presence, client events); set by ``build_app``."""
+    watchlists: Watchlists | None = None
+
+    def __post_init__(self) -> None:
+        if self.connections is None:
+            self.connections = ConnectionService(self.channels)
+        if self.watchlists is None:
+            self.watchlists = Watchlists(self.hub)
 
 
 def context(request: Request) -> HttpContext:

@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from sockudo.errors import SockudoError
-from sockudo.http import events, health, history
+from sockudo.http import events, health, history, ops
 from sockudo.http.context import HttpContext
 from sockudo.http.errors import handle_exception, not_found
 from sockudo.node.hub import Hub
@@ -29,6 +30,7 @@ def build_app(
         Route("/live", health.live, methods=["GET"]),
         Route("/up", health.up, methods=["GET"]),
         Route("/up/{app_id}", health.up_app, methods=["GET"]),
+        *ops.routes(channels.settings),
         Route("/apps/{app_id}/events", events.publish_events, methods=["POST"]),
         Route("/apps/{app_id}/batch_events", events.publish_batch, methods=["POST"]),
         Route("/apps/{app_id}/channels/{channel}/history", history.get_history, methods=["GET"]),
@@ -50,6 +52,7 @@ def build_app(
     ]
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(ops.HttpMetricsMiddleware)],
         exception_handlers={
             SockudoError: handle_exception,
             Exception: handle_exception,

@@ -12,14 +12,12 @@ from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
-from prometheus_client import make_asgi_app
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
+from sockudo import metrics
 from sockudo.config import Settings, load_settings
 from sockudo.errors import ConfigError
-from sockudo.metrics import REGISTRY
 from sockudo.node.app import build_app
+from sockudo.node.connections import ConnectionService
 from sockudo.node.fanout import Fanout
 from sockudo.node.hub import Hub
 from sockudo.node.runtime import Runtime
@@ -63,11 +61,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def metrics_app() -> Starlette:
-    """``GET /metrics`` only; Starlette answers lifespan and unknown routes."""
-    return Starlette(routes=[Mount("/metrics", app=make_asgi_app(REGISTRY))])
-
-
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         k: v
@@ -87,12 +80,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 async def run_node(settings: Settings) -> None:
+    metrics.configure(str(settings.port))
     hub = Hub()
     fanout = Fanout(hub)
     runtime = Runtime(settings, on_deliveries=fanout.deliver)
     await runtime.start()
     channels = ChannelService(runtime)
     app = build_app(channels, hub=hub)
+    await declare_orphans_dead(app.state.ctx.connections)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,7 +111,8 @@ async def run_node(settings: Settings) -> None:
         metrics_cfg = HypercornConfig()
         metrics_cfg.bind = [f"{settings.metrics_host}:{settings.metrics_port}"]
         metrics_cfg.accesslog = None
-        servers.append(serve(make_asgi_app(REGISTRY), metrics_cfg, shutdown_trigger=stop.wait))
+        metrics_asgi = metrics.asgi_app(settings.metrics_prefix)
+        servers.append(serve(metrics_asgi, metrics_cfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     log.info(
         "sockudo-node %s listening on %s:%s (log=%s, data=%s, partitions=%s)",
         runtime.incarnation,
@@ -131,6 +127,20 @@ async def run_node(settings: Settings) -> None:
     finally:
         await runtime.stop()
         log.info("sockudo-node stopped cleanly")
+
+
+async def declare_orphans_dead(connections: ConnectionService) -> None:
+    """Presence members an earlier run of this node left behind (SIGKILL, power loss) go away.
+
+    Runs after the fold caught up, so the projection shows every connection the log still
+    holds for those incarnations (spec 05 §8.1 single-node presence hygiene).
+    """
+    runner = connections.runtime.runner
+    if runner is not None:
+        await runner.wait_caught_up(30.0)
+    for incarnation in sorted(connections.orphaned_incarnations()):
+        log.info("declaring earlier incarnation %s dead", incarnation)
+        await connections.declare_dead(incarnation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

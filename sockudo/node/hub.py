@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from sockudo import metrics
+
 SEND_QUEUE_FRAMES = 1024
 """Frames one socket may have waiting; a client that falls this far behind is disconnected."""
 SEND_QUEUE_CHARS = 4 * 1024 * 1024
@@ -34,6 +36,8 @@ class Outbox:
         self._chars = 0
         self._wake = asyncio.Event()
         self.close_request: tuple[int, str] | None = None
+        self.close_cause = "disconnect"
+        """Why the socket ended, as presence leaves record it (``terminated`` by the app)."""
 
     def offer(self, frame: str) -> bool:
         """Enqueue ``frame``; ``False`` when full or closing (the frame is dropped)."""
@@ -81,6 +85,11 @@ class Hub:
         self._channels: dict[tuple[str, str], dict[str, Outbox]] = {}
         self._subscriptions: dict[str, set[str]] = {}
         self._per_app: dict[str, int] = {}
+        # User identity (spec 01 §3.10): signed-in id, else the first presence user id.
+        self._user_of: dict[str, str] = {}
+        self._users: dict[tuple[str, str], dict[str, Outbox]] = {}
+        # (socket id, presence channel) → the user id the socket joined it as.
+        self._members: dict[tuple[str, str], str] = {}
 
     # --- sockets ----------------------------------------------------------------------------
 
@@ -102,6 +111,8 @@ class Hub:
         channels = sorted(self._subscriptions.pop(socket_id, set()))
         for channel in channels:
             self._leave(outbox.app_id, channel, socket_id)
+            self._members.pop((socket_id, channel), None)
+        self._drop_user(outbox, socket_id)
         left = self._per_app[outbox.app_id] - 1
         if left:
             self._per_app[outbox.app_id] = left
@@ -129,14 +140,22 @@ class Hub:
 
     # --- subscriptions ----------------------------------------------------------------------
 
-    def subscribe(self, socket_id: str, channel: str) -> bool:
-        """Join ``channel``; ``False`` when the socket already was a subscriber."""
+    def subscribe(self, socket_id: str, channel: str, member: str | None = None) -> bool:
+        """Join ``channel`` (``member``: user id of a presence join); ``False`` if already in."""
         outbox = self._sockets[socket_id]
         subscribers = self._channels.setdefault((outbox.app_id, channel), {})
         if socket_id in subscribers:
             return False
         subscribers[socket_id] = outbox
         self._subscriptions[socket_id].add(channel)
+        kind = metrics.channel_type(channel)
+        metrics.subscribed(outbox.app_id, kind)
+        if len(subscribers) == 1:
+            metrics.channel_active(outbox.app_id, kind, 1)
+        if member is not None:
+            self._members[(socket_id, channel)] = member
+            if socket_id not in self._user_of:
+                self.set_user(socket_id, member)
         return True
 
     def unsubscribe(self, socket_id: str, channel: str) -> bool:
@@ -146,15 +165,19 @@ class Hub:
             return False
         self._subscriptions[socket_id].discard(channel)
         self._leave(outbox.app_id, channel, socket_id)
+        self._members.pop((socket_id, channel), None)
         return True
 
     def _leave(self, app_id: str, channel: str, socket_id: str) -> None:
         subscribers = self._channels.get((app_id, channel))
         if subscribers is None:
             return
-        subscribers.pop(socket_id, None)
+        # Counted here so a disconnect ends its subscriptions in the metrics too.
+        if subscribers.pop(socket_id, None) is not None:
+            metrics.unsubscribed(app_id, metrics.channel_type(channel))
         if not subscribers:
             del self._channels[(app_id, channel)]
+            metrics.channel_active(app_id, metrics.channel_type(channel), -1)
 
     def channels_of(self, socket_id: str) -> frozenset[str]:
         return frozenset(self._subscriptions.get(socket_id, ()))
@@ -165,3 +188,44 @@ class Hub:
 
     def subscription_count(self, app_id: str, channel: str) -> int:
         return len(self._channels.get((app_id, channel), ()))
+
+    def member_of(self, socket_id: str, channel: str) -> str | None:
+        """The user id ``socket_id`` joined presence ``channel`` as, if it did."""
+        return self._members.get((socket_id, channel))
+
+    def channels(self, app_id: str) -> dict[str, int]:
+        """Occupied channels of ``app_id`` on this node and their subscriber counts."""
+        return {ch: len(subs) for (app, ch), subs in self._channels.items() if app == app_id}
+
+    # --- user identity ----------------------------------------------------------------------
+
+    def set_user(self, socket_id: str, user_id: str) -> None:
+        """Give the socket a user identity (signin replaces an earlier one)."""
+        outbox = self._sockets[socket_id]
+        self._drop_user(outbox, socket_id)
+        self._user_of[socket_id] = user_id
+        self._users.setdefault((outbox.app_id, user_id), {})[socket_id] = outbox
+
+    def user_of(self, socket_id: str) -> str | None:
+        return self._user_of.get(socket_id)
+
+    def sockets_of_user(self, app_id: str, user_id: str) -> list[Outbox]:
+        return list(self._users.get((app_id, user_id), {}).values())
+
+    def users(self, app_id: str) -> set[str]:
+        """User ids with at least one socket of ``app_id`` on this node."""
+        return {user for (app, user) in self._users if app == app_id}
+
+    def authenticated_count(self, app_id: str) -> int:
+        """Sockets of ``app_id`` that have a user identity."""
+        return sum(len(s) for (app, _u), s in self._users.items() if app == app_id)
+
+    def _drop_user(self, outbox: Outbox, socket_id: str) -> None:
+        user = self._user_of.pop(socket_id, None)
+        if user is None:
+            return
+        sockets = self._users.get((outbox.app_id, user))
+        if sockets is not None:
+            sockets.pop(socket_id, None)
+            if not sockets:
+                del self._users[(outbox.app_id, user)]

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from projections.folds.state import CONFLICT, Outcome
+from projections.reads import cache as cache_reads
 from projections.reads import history as history_reads
+from projections.reads import presence as presence_reads
 from projections.store import keys
 from sockudo.config import AppConfig, Settings
 from sockudo.errors import Backpressure, IdempotencyConflict
 from sockudo.events import codec
+from sockudo.events.catalog import ChannelTopicEvent
 from sockudo.events.channel import (
-    ChannelEvent,
     Flags,
     HistoryPurged,
     HistoryReset,
@@ -31,6 +33,7 @@ from sockudo.events.channel import (
     Origin,
     Retention,
 )
+from sockudo.events.users import UserConnectionsTerminated
 from sockudo.log.partitioning import channel_key
 from sockudo.node.runtime import Runtime
 
@@ -116,14 +119,33 @@ class ChannelService:
             raise IdempotencyConflict("idempotency key was already used with a different payload")
         return result
 
-    async def append_and_wait(self, event: ChannelEvent) -> Outcome:
+    async def append_and_wait(self, event: ChannelTopicEvent) -> Outcome:
         """Append ``event`` to its channel's partition and wait for this node's fold of it."""
+        runner = self.runtime.runner
+        assert runner is not None, "runtime not started"
+        partition, offset = await self.append(event)
+        return await runner.wait_applied(
+            partition, offset, self.settings.fold_wait_timeout_ms / 1000
+        )
+
+    async def append(
+        self,
+        event: ChannelTopicEvent,
+        *,
+        partition: int | None = None,
+        key: bytes | None = None,
+    ) -> tuple[int, int]:
+        """Append ``event``, by default to its channel's partition; ``(partition, offset)``.
+
+        Partition markers (``node.dead``) name their partition and key explicitly.
+        """
         runtime = self.runtime
-        assert runtime.runner is not None, "runtime not started"
-        app_id = getattr(event, "app_id")  # noqa: B009 - every channel-scoped event has one
-        channel = getattr(event, "channel")  # noqa: B009
-        key = channel_key(app_id, channel)
-        partition = runtime.partition_of(app_id, channel)
+        if partition is None or key is None:
+            app_id = getattr(event, "app_id")  # noqa: B009 - channel-scoped events have one
+            channel = getattr(event, "channel")  # noqa: B009
+            key = key or channel_key(app_id, channel)
+            if partition is None:
+                partition = runtime.partition_of(app_id, channel)
         encoded = codec.encode(event)
         headers = (
             *encoded.headers,
@@ -139,9 +161,7 @@ class ChannelService:
             timeout_ms=self.settings.ack_timeout_ms,
         )
         self._appended_end[partition] = max(self._appended_end.get(partition, 0), res.offset + 1)
-        return await runtime.runner.wait_applied(
-            partition, res.offset, self.settings.fold_wait_timeout_ms / 1000
-        )
+        return partition, res.offset
 
     def _claim(self, app: AppConfig, req: PublishRequest) -> IdempotencyClaim | None:
         if req.idempotency_key is None or not app_idempotency_enabled(app, self.settings):
@@ -193,6 +213,39 @@ class ChannelService:
                 store, app.id, channel, self._stall(app.id, channel), self.settings.node_id
             ),
         }
+
+    def presence_members(self, app: AppConfig, channel: str) -> list[presence_reads.Member]:
+        """Current members of a presence channel across the cluster (the presence projection)."""
+        store = self.runtime.store
+        assert store is not None
+        return presence_reads.members(store, app.id, channel)
+
+    def presence_user_count(self, app: AppConfig, channel: str) -> int:
+        store = self.runtime.store
+        assert store is not None
+        return presence_reads.user_count(store, app.id, channel)
+
+    async def terminate_user(self, app: AppConfig, user_id: str, *, reconnect: bool) -> None:
+        """Close every socket of ``user_id`` on every node (4009, or 4200 when ``reconnect``).
+
+        One ``user.terminate`` record: every node folds it and closes its own sockets of the
+        user; this returns once this node has.
+        """
+        await self.append_and_wait(
+            UserConnectionsTerminated(
+                event_id=str(uuid.uuid4()),
+                app_id=app.id,
+                user_id=user_id,
+                origin=Origin(node=self.runtime.incarnation, request_id=str(uuid.uuid4())),
+                reconnect=reconnect,
+            )
+        )
+
+    def cached_event(self, app: AppConfig, channel: str) -> cache_reads.CachedFrame | None:
+        """The last HTTP publish of a cache channel while within its TTL (spec 01 §3.9)."""
+        store = self.runtime.store
+        assert store is not None
+        return cache_reads.cached(store, app.id, channel, int(time.time() * 1000))
 
     def _stall(self, app_id: str, channel: str) -> Any:
         runner = self.runtime.runner

@@ -18,16 +18,26 @@ from typing import Any, Protocol
 from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket
 
+from sockudo import metrics, origins
 from sockudo.config import AppConfig, Settings
+from sockudo.node.connections import ConnectionService
 from sockudo.node.hub import Hub, Outbox
-from sockudo.ws import v1
-from sockudo.ws.session import Reply, Session
+from sockudo.node.watchlist import Watchlists
+from sockudo.ws import effects, v1
+from sockudo.ws.session import PresenceLeave, Reply, Session
 
 log = logging.getLogger(__name__)
 
 MESSAGE_TOO_BIG = 1009
 _V2_FORMATS = frozenset({"", "json", "msgpack", "messagepack", "protobuf", "proto"})
-_ANY_ORIGIN = frozenset({"*", "any"})
+# `connection_errors_total{error_type}` of each admission failure (spec 01 §7.4).
+_ERROR_TYPES = {
+    4001: "app_not_found",
+    4003: "app_disabled",
+    4009: "origin_not_allowed",
+    4004: "over_quota",
+    4100: "over_capacity",
+}
 
 
 class WsContext(Protocol):
@@ -37,6 +47,8 @@ class WsContext(Protocol):
     hub: Hub
     draining: bool
     clock: Callable[[], float]
+    connections: ConnectionService | None
+    watchlists: Watchlists | None
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -59,11 +71,8 @@ def check_query(params: dict[str, str]) -> tuple[int | None, str | None]:
 
 
 def origin_allowed(app: AppConfig, origin: str) -> bool:
-    """Exact, case-insensitive match; ``None``, empty, ``*`` or ``any`` allow everything."""
-    allowed = app.allowed_origins
-    if not allowed or any(a in _ANY_ORIGIN for a in allowed):
-        return True
-    return origin.lower() in (a.lower() for a in allowed)
+    """Spec 01 §9.3 matching; ``""`` is a missing header (only ``*``/``any`` pass it)."""
+    return origins.origin_allowed(app.allowed_origins, origin or None)
 
 
 def new_socket_id(taken: Callable[[str], bool]) -> str:
@@ -112,23 +121,34 @@ async def websocket_v1(websocket: WebSocket) -> None:
     app = settings.app_by_key(websocket.path_params["app_key"])
     rejection = admission_error(settings, hub, app, websocket.headers.get("origin", ""))
     if rejection is not None:
+        metrics.connection_error(app.id if app else "", _ERROR_TYPES.get(rejection[0], "other"))
         await _reject(websocket, *rejection)
         return
     assert app is not None
     socket_id = new_socket_id(hub.has_socket)
     outbox = Outbox(socket_id, app.id)
     session = Session(
-        socket_id, app, activity_timeout=settings.activity_timeout, now=time.monotonic()
+        socket_id,
+        app,
+        activity_timeout=settings.activity_timeout,
+        now=time.monotonic(),
+        user_authentication_timeout=settings.user_authentication_timeout,
     )
     hub.add(outbox)
+    metrics.connection_opened(app.id)
     outbox.offer(session.opening())
     writer = asyncio.create_task(_write(websocket, outbox), name=f"ws-writer:{socket_id}")
+    assert ctx.connections is not None
+    assert ctx.watchlists is not None
+    env = effects.SocketEnv(app, session, outbox, hub, ctx.connections, ctx.watchlists)
     try:
-        await _read(
-            websocket, session, outbox, hub, writer, settings.websocket_max_payload_kb * 1024
-        )
+        await _read(websocket, env, writer, settings.websocket_max_payload_kb * 1024)
     finally:
+        user_id = hub.user_of(socket_id)
         hub.remove(socket_id)
+        ctx.watchlists.socket_gone(app.id, socket_id, user_id)
+        await _leave_presence(env)
+        metrics.connection_closed(app.id)
         if not writer.done():
             outbox.request_close(1000, "")
         with contextlib.suppress(Exception):
@@ -153,15 +173,22 @@ async def _reject(websocket: WebSocket, code: int, reason: str) -> None:
         log.debug("rejecting a socket with %s failed: %s", code, exc)
 
 
+async def _leave_presence(env: effects.SocketEnv) -> None:
+    """Append the leaves of every presence channel the socket was still in."""
+    cause = env.outbox.close_cause
+    for channel, user_id in sorted(env.session.presence.items()):
+        await effects.run(PresenceLeave(channel, user_id, cause), env)
+    env.session.presence.clear()
+
+
 async def _read(
     websocket: WebSocket,
-    session: Session,
-    outbox: Outbox,
-    hub: Hub,
+    env: effects.SocketEnv,
     writer: asyncio.Task[None],
     max_bytes: int,
 ) -> None:
     """Inbound frames until the client leaves or the writer has closed the socket."""
+    session, outbox = env.session, env.outbox
     receiving: asyncio.Future[MutableMapping[str, Any]] | None = None
     try:
         while not writer.done():
@@ -176,7 +203,7 @@ async def _read(
             )
             if receiving not in done:
                 if writer not in done:
-                    _apply(session.tick(time.monotonic()), session, outbox, hub)
+                    await _apply(session.tick(time.monotonic()), env)
                 continue
             message = receiving.result()
             receiving = None
@@ -187,10 +214,11 @@ async def _read(
             if not isinstance(raw, str | bytes):
                 continue
             size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+            metrics.ws_received(outbox.app_id, size)
             if size > max_bytes:
                 outbox.request_close(MESSAGE_TOO_BIG, "Message too big")
                 continue  # the writer sends the close; the loop ends when it is done
-            _apply(session.handle(raw, time.monotonic()), session, outbox, hub)
+            await _apply(session.handle(raw, time.monotonic()), env)
     finally:
         if receiving is not None and not receiving.done():
             receiving.cancel()
@@ -198,9 +226,10 @@ async def _read(
                 await receiving
 
 
-def _apply(reply: Reply, session: Session, outbox: Outbox, hub: Hub) -> None:
+async def _apply(reply: Reply, env: effects.SocketEnv) -> None:
     # Join before the success frame is queued and the frame goes through the same queue as
     # fanout, so no message published after subscription_succeeded can be missed.
+    session, outbox, hub = env.session, env.outbox, env.hub
     if reply.join is not None:
         hub.subscribe(session.socket_id, reply.join)
     if reply.leave is not None:
@@ -209,6 +238,8 @@ def _apply(reply: Reply, session: Session, outbox: Outbox, hub: Hub) -> None:
         if not outbox.offer(frame):
             outbox.request_close(4100, "Over capacity")
             return
+    for effect in reply.effects:
+        await effects.run(effect, env)
     if reply.close is not None:
         outbox.request_close(*reply.close)
 
@@ -220,11 +251,14 @@ async def _write(websocket: WebSocket, outbox: Outbox) -> None:
             await outbox.wait()
             for frame in outbox.take():
                 await websocket.send_text(frame)
+                metrics.ws_sent(outbox.app_id, metrics.utf8_len(frame))
             if outbox.close_request is not None:
                 code, reason = outbox.close_request
                 if code >= 4000:
                     # Every server close >= 4000 is preceded by the same error (spec 01 §2.4).
-                    await websocket.send_text(v1.error(code, reason))
+                    error = v1.error(code, reason)
+                    await websocket.send_text(error)
+                    metrics.ws_sent(outbox.app_id, metrics.utf8_len(error))
                 await websocket.close(code, reason)
                 return
     except Exception as exc:  # the peer went away mid-send; the read loop sees the disconnect

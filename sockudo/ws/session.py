@@ -1,15 +1,18 @@
-"""Per-connection V1 state machine: frames in, replies and subscription changes out.
+"""Per-connection V1 state machine: frames in, replies, subscription changes and effects out.
 
-Pure: time is passed in, nothing is sent from here. The endpoint applies a :class:`Reply`
-(enqueue frames, join/leave the hub, close) and calls :meth:`Session.tick` when the deadline
-from :meth:`Session.next_deadline` passes (heartbeat, spec 01 §3.2).
+Pure: time is passed in, nothing is sent or appended from here. The endpoint applies a
+:class:`Reply` (join/leave the hub, enqueue frames, run effects that need the log or the
+projection, close) and calls :meth:`Session.tick` when the deadline from
+:meth:`Session.next_deadline` passes (heartbeat, authorization timeout; spec 01 §3.2, §3.10).
 """
 
 from __future__ import annotations
 
+import json
+from collections import deque
 from dataclasses import dataclass, field
 
-from sockudo.auth import verify_channel_auth
+from sockudo.auth import verify_channel_auth, verify_user_auth
 from sockudo.channels import InvalidChannelName, validate_channel_name
 from sockudo.config import AppConfig
 from sockudo.ws import v1
@@ -17,6 +20,59 @@ from sockudo.ws import v1
 PONG_TIMEOUT_S = 30.0
 PONG_TIMEOUT_CODE = 4201
 PONG_TIMEOUT_REASON = "Pong reply not received in time"
+UNAUTHORIZED_TIMEOUT_REASON = "Connection not authorized within timeout."
+WATCHLIST_LIMIT = 100
+RESERVED_PREFIXES = ("pusher:", "pusher_internal:", "sockudo:", "sockudo_internal:")
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+# --- effects: work the endpoint does with the log, the projection or other sockets ----------
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceJoin:
+    """Join a presence channel through the log, then answer with the member list."""
+
+    channel: str
+    user_id: str
+    user_info_json: str | None
+    rejoin: bool = False
+    """Already a member on this socket: answer with the member list, append nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceLeave:
+    channel: str
+    user_id: str
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendCache:
+    """After ``subscription_succeeded`` on a cache channel: the cached event or a miss."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishClientEvent:
+    channel: str
+    event: str
+    data: str
+    data_is_json: bool
+    user_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """The socket's user identity is now ``user_id``; watchlist processing follows."""
+
+    user_id: str
+    watchlist: tuple[str, ...]
+
+
+Effect = PresenceJoin | PresenceLeave | SendCache | PublishClientEvent | SignedIn
 
 
 @dataclass(slots=True)
@@ -26,6 +82,7 @@ class Reply:
     frames: list[str] = field(default_factory=list)
     join: str | None = None
     leave: str | None = None
+    effects: list[Effect] = field(default_factory=list)
     close: tuple[int, str] | None = None
 
 
@@ -40,27 +97,44 @@ class Session:
         activity_timeout: int,
         now: float,
         pong_timeout: float = PONG_TIMEOUT_S,
+        user_authentication_timeout: int = 3600,
     ) -> None:
         self.socket_id = socket_id
         self.app = app
         self.activity_timeout = activity_timeout
         self.pong_timeout = pong_timeout
         self.channels: set[str] = set()
+        self.presence: dict[str, str] = {}
+        """Presence channels this socket joined (appended a join for) → its user id there."""
+        self.user_id: str | None = None
+        """Signed-in user id (``pusher:signin``)."""
         self.last_activity = now
         self.ping_sent_at: float | None = None
+        # Authorized connections (spec 01 §3.10): with user authentication on, a socket must
+        # sign in or join a private/presence channel before this deadline.
+        self.authorize_by: float | None = (
+            now + user_authentication_timeout if app.features.enable_user_authentication else None
+        )
+        self._client_events: deque[float] = deque()
 
     def opening(self) -> str:
         return v1.connection_established(self.socket_id, self.activity_timeout)
 
-    # --- heartbeat --------------------------------------------------------------------------
+    # --- deadlines --------------------------------------------------------------------------
 
     def next_deadline(self) -> float:
         if self.ping_sent_at is not None:
-            return self.ping_sent_at + self.pong_timeout
-        return self.last_activity + self.activity_timeout
+            heartbeat = self.ping_sent_at + self.pong_timeout
+        else:
+            heartbeat = self.last_activity + self.activity_timeout
+        if self.authorize_by is not None:
+            return min(heartbeat, self.authorize_by)
+        return heartbeat
 
     def tick(self, now: float) -> Reply:
-        """Send our ping after inactivity; give up when it stays unanswered."""
+        """Close unauthorized sockets; ping after inactivity; give up on an unanswered ping."""
+        if self.authorize_by is not None and now >= self.authorize_by:
+            return Reply(close=(v1.UNAUTHORIZED, UNAUTHORIZED_TIMEOUT_REASON))
         if self.ping_sent_at is not None:
             if now >= self.ping_sent_at + self.pong_timeout:
                 return Reply(close=(PONG_TIMEOUT_CODE, PONG_TIMEOUT_REASON))
@@ -70,6 +144,9 @@ class Session:
             return Reply(frames=[v1.ping()])
         return Reply()
 
+    def _authorized(self) -> None:
+        self.authorize_by = None
+
     # --- inbound frames ---------------------------------------------------------------------
 
     def handle(self, raw: str | bytes, now: float) -> Reply:
@@ -78,11 +155,11 @@ class Session:
         self.last_activity = now
         try:
             command = v1.parse_frame(raw)
-            return self._dispatch(command)
+            return self._dispatch(command, now)
         except v1.FrameError as exc:
             return Reply(frames=[v1.error(exc.code, exc.message, exc.channel)])
 
-    def _dispatch(self, command: v1.Command) -> Reply:
+    def _dispatch(self, command: v1.Command, now: float) -> Reply:
         match command:
             case v1.Ping():
                 self.ping_sent_at = None
@@ -93,21 +170,20 @@ class Session:
             case v1.Subscribe():
                 return self._subscribe(command)
             case v1.Unsubscribe(channel=channel):
-                if channel not in self.channels:
-                    return Reply()
-                self.channels.discard(channel)
-                return Reply(leave=channel)
+                return self._unsubscribe(channel)
             case v1.Signin():
-                raise v1.FrameError(v1.UNAUTHORIZED, "User authentication is not supported yet")
-            case v1.ClientEvent(event=event, channel=channel):
+                return self._signin(command)
+            case v1.ClientEvent():
+                return self._client_event(command, now)
+            case v1.UnknownEvent():
                 raise v1.FrameError(
-                    v1.CLIENT_EVENT_ERROR, f"Client event '{event}' is not supported yet", channel
+                    v1.CLIENT_EVENT_ERROR, "Client event names must start with 'client-'"
                 )
-            case v1.UnknownEvent(event=event):
-                raise v1.FrameError(v1.CLIENT_EVENT_ERROR, f"Unknown event '{event[:64]}'")
             case v1.IgnoredSystemEvent():
                 return Reply()
         raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
+
+    # --- subscriptions ----------------------------------------------------------------------
 
     def _subscribe(self, command: v1.Subscribe) -> Reply:
         channel = command.channel
@@ -115,13 +191,17 @@ class Session:
             info = validate_channel_name(channel, self.app)
         except InvalidChannelName as exc:
             raise v1.FrameError(v1.CHANNEL_ERROR, exc.message, channel) from None
-        if info.is_presence:
-            # Presence membership is not implemented yet; refusing explicitly beats joining a
-            # channel whose member list would silently stay empty.
-            raise v1.FrameError(v1.UNAUTHORIZED, "Presence channels are not supported yet", channel)
         if info.is_user_channel:
-            # Signin is not implemented, so no socket has a user identity (spec 01 §3.10).
-            raise v1.FrameError(v1.UNAUTHORIZED, "Socket is not signed in as this user", channel)
+            # Delivery to user channels follows the socket's identity, not subscriptions; the
+            # subscribe only confirms the identity (spec 01 §3.10).
+            if self.user_id is None or info.user_id != self.user_id:
+                raise v1.FrameError(
+                    v1.UNAUTHORIZED, "Socket is not signed in as this user", channel
+                )
+            self.channels.add(channel)
+            return Reply(frames=[v1.subscription_succeeded(channel)])
+        if info.is_presence:
+            return self._subscribe_presence(command)
         if info.requires_auth:
             if not command.auth:
                 raise v1.FrameError(v1.UNAUTHORIZED, "Missing channel auth", channel)
@@ -129,11 +209,186 @@ class Session:
                 command.auth, self.app.key, self.app.secret, self.socket_id, channel
             ):
                 raise v1.FrameError(v1.UNAUTHORIZED, "Invalid channel auth signature", channel)
-        frames = [v1.subscription_succeeded(channel)]
+            self._authorized()
+        reply = Reply(frames=[v1.subscription_succeeded(channel)])
         if info.cache:
-            # No cache storage yet: every cache subscribe is a miss (spec 01 §3.9).
-            frames.append(v1.cache_miss(channel))
-        if channel in self.channels:
-            return Reply(frames=frames)  # idempotent re-subscribe (spec 01 §3.4)
+            reply.effects.append(SendCache(channel))
+        if channel not in self.channels:  # a re-subscribe is idempotent (spec 01 §3.4)
+            self.channels.add(channel)
+            reply.join = channel
+        return reply
+
+    def _subscribe_presence(self, command: v1.Subscribe) -> Reply:
+        channel = command.channel
+        if command.channel_data is None:
+            raise v1.FrameError(v1.MALFORMED, "Presence subscribe requires channel_data", channel)
+        if not command.auth:
+            raise v1.FrameError(v1.UNAUTHORIZED, "Missing channel auth", channel)
+        # The signature covers the exact string the client sent (spec 01 §3.7).
+        if not verify_channel_auth(
+            command.auth,
+            self.app.key,
+            self.app.secret,
+            self.socket_id,
+            channel,
+            command.channel_data,
+        ):
+            raise v1.FrameError(v1.UNAUTHORIZED, "Invalid channel auth signature", channel)
+        user_id, info_json = parse_channel_data(command.channel_data, channel)
+        limit = self.app.limits.max_presence_member_size_in_kb * 1024
+        if info_json is not None and len(info_json.encode()) > limit:
+            raise v1.FrameError(
+                v1.CHANNEL_ERROR,
+                f"Presence member data ({len(info_json.encode())} bytes) exceeds limit "
+                f"({self.app.limits.max_presence_member_size_in_kb}KB)",
+                channel,
+            )
+        self._authorized()
+        if channel in self.presence:
+            return Reply(effects=[PresenceJoin(channel, self.presence[channel], None, rejoin=True)])
+        self.presence[channel] = user_id
         self.channels.add(channel)
-        return Reply(frames=frames, join=channel)
+        return Reply(effects=[PresenceJoin(channel, user_id, info_json)])
+
+    def _unsubscribe(self, channel: str) -> Reply:
+        if channel not in self.channels:
+            return Reply()
+        self.channels.discard(channel)
+        reply = Reply(leave=channel)
+        user_id = self.presence.pop(channel, None)
+        if user_id is not None:
+            reply.effects.append(PresenceLeave(channel, user_id, "unsubscribe"))
+        return reply
+
+    def presence_failed(self, channel: str) -> None:
+        """The join was refused or could not be appended: the socket is not in the channel."""
+        self.presence.pop(channel, None)
+        self.channels.discard(channel)
+
+    # --- user authentication ------------------------------------------------------------------
+
+    def _signin(self, command: v1.Signin) -> Reply:
+        if not self.app.features.enable_user_authentication:
+            raise v1.FrameError(v1.UNAUTHORIZED, "User authentication is disabled for this app")
+        if not command.auth or command.user_data is None:
+            raise v1.FrameError(v1.UNAUTHORIZED, "Signin requires auth and user_data")
+        if not verify_user_auth(
+            command.auth, self.app.key, self.app.secret, self.socket_id, command.user_data
+        ):
+            raise v1.FrameError(v1.UNAUTHORIZED, "Invalid signin auth signature")
+        try:
+            user = json.loads(command.user_data)
+        except ValueError:
+            raise v1.FrameError(v1.UNAUTHORIZED, "user_data must be a JSON object") from None
+        user_id = user.get("id") if isinstance(user, dict) else None
+        if not isinstance(user_id, str) or not user_id or "\x00" in user_id:
+            raise v1.FrameError(v1.UNAUTHORIZED, "user_data requires a non-empty string 'id'")
+        watchlist_raw = user.get("watchlist") or []
+        if not isinstance(watchlist_raw, list) or not all(
+            isinstance(w, str) for w in watchlist_raw
+        ):
+            raise v1.FrameError(v1.UNAUTHORIZED, "watchlist must be an array of user ids")
+        self.user_id = user_id
+        self._authorized()
+        reply = Reply(frames=[v1.signin_success(command.user_data)])
+        if len(watchlist_raw) > WATCHLIST_LIMIT:
+            reply.frames.append(v1.error(v1.WATCHLIST_LIMIT, "Watchlist limit exceeded"))
+        reply.effects.append(SignedIn(user_id, tuple(watchlist_raw[:WATCHLIST_LIMIT])))
+        return reply
+
+    # --- client events ----------------------------------------------------------------------
+
+    def _client_event(self, command: v1.ClientEvent, now: float) -> Reply:
+        limits = self.app.limits
+        channel = command.channel
+        if limits.max_client_events_per_second and not self._take_client_event_slot(now):
+            reply = Reply(
+                frames=[
+                    v1.error(
+                        v1.CLIENT_EVENT_ERROR, "Client event rejected due to rate limit", channel
+                    )
+                ]
+            )
+            if limits.terminate_on_limit:
+                reply.close = (v1.CLIENT_EVENT_ERROR, "Client event rate limit exceeded")
+            return reply
+        if not self.app.features.enable_client_messages:
+            raise v1.FrameError(
+                v1.CLIENT_EVENT_ERROR, "Client events are not enabled for this app", channel
+            )
+        event = command.event
+        if event.startswith(RESERVED_PREFIXES):
+            raise v1.FrameError(
+                v1.CLIENT_EVENT_ERROR, "Client events must start with 'client-'", channel
+            )
+        if len(event) > limits.max_event_name_length:
+            raise v1.FrameError(
+                v1.CLIENT_EVENT_ERROR,
+                f"Event name is too long (max {limits.max_event_name_length})",
+                channel,
+            )
+        if channel is None:
+            raise v1.FrameError(v1.CLIENT_EVENT_ERROR, "Client events require a 'channel'")
+        try:
+            info = validate_channel_name(channel, self.app)
+        except InvalidChannelName as exc:
+            raise v1.FrameError(v1.CLIENT_EVENT_ERROR, exc.message, channel) from None
+        if not info.allows_client_events:
+            raise v1.FrameError(
+                v1.CLIENT_EVENT_ERROR,
+                "Client events can only be sent to private or presence channels",
+                channel,
+            )
+        data, is_json = encode_client_data(command.data)
+        size = len(data.encode())
+        if size > limits.max_event_payload_in_kb * 1024:
+            raise v1.FrameError(
+                v1.CLIENT_EVENT_ERROR,
+                f"Event payload size ({size} bytes) exceeds limit "
+                f"({limits.max_event_payload_in_kb}KB)",
+                channel,
+            )
+        if channel not in self.channels:
+            raise v1.FrameError(
+                v1.CLIENT_EVENT_ERROR,
+                f"Socket {self.socket_id} is not subscribed to channel {channel}",
+                channel,
+            )
+        user_id = self.presence.get(channel)
+        return Reply(effects=[PublishClientEvent(channel, event, data, is_json, user_id)])
+
+    def _take_client_event_slot(self, now: float) -> bool:
+        window = float(self.app.limits.decay_seconds or 1)
+        events = self._client_events
+        while events and events[0] <= now - window:
+            events.popleft()
+        if len(events) >= self.app.limits.max_client_events_per_second * window:
+            return False
+        events.append(now)
+        return True
+
+
+def parse_channel_data(raw: str, channel: str) -> tuple[str, str | None]:
+    """``(user_id, compact user_info JSON or None)`` from presence ``channel_data`` (§3.8)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise v1.FrameError(v1.MALFORMED, "channel_data must be a JSON object", channel) from None
+    if not isinstance(data, dict):
+        raise v1.FrameError(v1.MALFORMED, "channel_data must be a JSON object", channel)
+    user_id = data.get("user_id")
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        user_id = str(user_id)
+    if not isinstance(user_id, str) or not user_id or "\x00" in user_id:
+        raise v1.FrameError(
+            v1.MALFORMED, "channel_data requires a non-empty string 'user_id'", channel
+        )
+    info = data.get("user_info")
+    return user_id, None if info is None else _COMPACT.encode(info)
+
+
+def encode_client_data(data: object) -> tuple[str, bool]:
+    """A client event's ``data`` as stored: strings verbatim, anything else compact JSON."""
+    if isinstance(data, str):
+        return data, False
+    return _COMPACT.encode(data), True

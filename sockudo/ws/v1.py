@@ -22,6 +22,7 @@ UNAUTHORIZED = 4009
 OVER_CAPACITY = 4100
 CHANNEL_ERROR = 4300
 CLIENT_EVENT_ERROR = 4301
+WATCHLIST_LIMIT = 4302
 
 
 class FrameError(Exception):
@@ -200,10 +201,23 @@ def pong() -> str:
     return '{"event":"pusher:pong","data":{}}'
 
 
-def subscription_succeeded(channel: str) -> str:
+def subscription_succeeded(channel: str, data: dict[str, Any] | None = None) -> str:
+    """``data`` is the presence member list for presence channels, else ``{}``."""
+    inner = "{}" if data is None else _dump(data)
     return _dump(
-        {"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": "{}"}
+        {"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": inner}
     )
+
+
+def signin_success(user_data: str) -> str:
+    """``user_data`` is echoed as the exact string the client signed (spec 01 §3.10)."""
+    return _dump({"event": "pusher:signin_success", "data": {"user_data": user_data}})
+
+
+def watchlist_events(events: list[tuple[str, list[str]]]) -> str:
+    """``[("online", ids), ("offline", ids)]`` in the shape pusher-js reads (spec 01 §3.11)."""
+    inner = _dump({"events": [{"name": name, "user_ids": ids} for name, ids in events]})
+    return _dump({"event": "pusher_internal:watchlist_events", "data": inner})
 
 
 def cache_miss(channel: str) -> str:
@@ -216,3 +230,18 @@ def message(event: str, channel: str, data: str, user_id: str | None = None) -> 
     if user_id is not None:
         frame["user_id"] = user_id
     return _dump(frame)
+
+
+def raw_data_message(event: str, channel: str, data_json: str, user_id: str | None = None) -> str:
+    """A client event whose ``data`` was JSON, not a string: forwarded as the same JSON value.
+
+    ``data_json`` is the compact JSON the sender's value was stored as (spec 01 §3.12: the
+    forwarded frame keeps ``data`` as received).
+    """
+    head = _dump({"event": event, "channel": channel})[:-1]
+    tail = "" if user_id is None else f',"user_id":{_dump_str(user_id)}'
+    return f'{head},"data":{data_json}{tail}}}'
+
+
+def _dump_str(value: str) -> str:
+    return _ENCODER.encode(value)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -16,19 +14,24 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from sockudo.auth import sign_channel_auth
 from tests.support.api import SignedClient
 from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess
+from tests.support.ws import (
+    BACKENDS,
+    TIMEOUT,
+    established,
+    node_for_backend,
+    publish,
+    recv,
+    subscribe,
+    ws_url,
+)
 
-TIMEOUT = 10.0
 
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    # One node for the module: every test uses its own channels, so they do not interfere.
-    n = NodeProcess(Path(tmp_path_factory.mktemp("ws")) / "node")
-    n.start()
-    try:
-        yield n
-    finally:
-        n.kill()
+@pytest.fixture(scope="module", params=BACKENDS)
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeProcess]:
+    # One node per backend for the module: every test uses its own channels.
+    yield from node_for_backend(request, Path(tmp_path_factory.mktemp("ws")) / "node")
 
 
 @pytest.fixture(scope="module")
@@ -38,45 +41,10 @@ def api(node: NodeProcess) -> Iterator[SignedClient]:
     client.close()
 
 
-def ws_url(node: NodeProcess, key: str = APP_KEY, query: str = "protocol=7") -> str:
-    return f"ws://127.0.0.1:{node.port}/app/{key}?{query}"
-
-
-async def recv(ws: ClientConnection) -> dict[str, Any]:
-    frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-    assert isinstance(frame, dict)
-    return frame
-
-
-async def established(ws: ClientConnection, activity_timeout: int = 120) -> str:
-    frame = await recv(ws)
-    assert frame["event"] == "pusher:connection_established"
-    data = json.loads(frame["data"])
-    assert re.fullmatch(r"\d+\.\d+", data["socket_id"])
-    assert data["activity_timeout"] == activity_timeout
-    return str(data["socket_id"])
-
-
 @pytest.fixture
 async def client(node: NodeProcess) -> AsyncIterator[tuple[ClientConnection, str]]:
     async with connect(ws_url(node)) as ws:
         yield ws, await established(ws)
-
-
-async def subscribe(ws: ClientConnection, channel: str, auth: str | None = None) -> dict[str, Any]:
-    data: dict[str, str] = {"channel": channel}
-    if auth is not None:
-        data["auth"] = auth
-    await ws.send(json.dumps({"event": "pusher:subscribe", "data": data}))
-    return await recv(ws)
-
-
-async def publish(api: SignedClient, body: dict[str, Any]) -> dict[str, Any]:
-    response = await asyncio.to_thread(api.publish, body)
-    assert response.status_code == 200, response.text
-    result = response.json()
-    assert isinstance(result, dict)
-    return result
 
 
 async def test_connect_subscribe_and_receive_a_publish(

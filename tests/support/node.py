@@ -26,6 +26,11 @@ key = "{app_key}"
 secret = "{app_secret}"
 enabled = true
 
+[app_manager.array.apps.policy.features]
+enable_client_messages = true
+enable_user_authentication = true
+enable_watchlist_events = true
+
 [[app_manager.array.apps]]
 id = "disabled-app"
 key = "disabled-key"
@@ -51,6 +56,8 @@ class NodeProcess:
     channel_partitions: int | None = None
     node_id: str = "node-a"
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_config: str = ""
+    """TOML appended to the config file (more apps, say)."""
     port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -109,7 +116,7 @@ class NodeProcess:
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
-            CONFIG.format(app_id=APP_ID, app_key=APP_KEY, app_secret=APP_SECRET)
+            CONFIG.format(app_id=APP_ID, app_key=APP_KEY, app_secret=APP_SECRET) + self.extra_config
         )
         with self.log_path.open("ab") as logf:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(

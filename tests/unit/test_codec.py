@@ -28,7 +28,16 @@ from sockudo.events import codec, mapping
 from sockudo.events.catalog import EVENT_CLASSES
 from sockudo.events.channel import Flags, MessagePublished, Origin, Retention
 
-EVENT_MODULES = ["channel", "presence", "messages", "annotations", "push", "registry", "nodes"]
+EVENT_MODULES = [
+    "channel",
+    "presence",
+    "messages",
+    "annotations",
+    "push",
+    "registry",
+    "nodes",
+    "users",
+]
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 IDS = [cls.__name__ for cls in EVENT_CLASSES]
 

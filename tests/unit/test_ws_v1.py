@@ -15,7 +15,7 @@ from sockudo.node.fanout import Fanout
 from sockudo.node.hub import Hub, Outbox
 from sockudo.ws import v1
 from sockudo.ws.endpoint import admission_error, check_query, new_socket_id, origin_allowed
-from sockudo.ws.session import Session
+from sockudo.ws.session import SendCache, Session
 
 APP = AppConfig(id="app-id", key="app-key", secret="app-secret")
 SID = "123.456"
@@ -127,7 +127,7 @@ def test_subscribe_public_private_and_idempotent_resubscribe() -> None:
         ("private-orders", "app-key:" + "0" * 64, 4009),
         ("private-cache-x", "app-key:bad", 4009),
         ("private-encrypted-x", "other-key:bad", 4009),
-        ("presence-room", "app-key:bad", 4009),
+        ("presence-room", "app-key:bad", 4000),  # no channel_data: malformed first
         ("#server-to-user-u1", None, 4009),
         ("bad channel!", None, 4300),
         ("foo:bar", None, 4300),
@@ -151,12 +151,11 @@ def test_subscribe_failures_are_in_band_with_channel(
     assert channel not in s.channels
 
 
-def test_cache_channel_subscribe_is_followed_by_cache_miss() -> None:
+def test_cache_channel_subscribe_is_followed_by_a_cache_lookup() -> None:
     reply = session().handle(sub("cache-prices"), 1.0)
-    assert [f["event"] for f in frames(reply.frames)] == [
-        "pusher_internal:subscription_succeeded",
-        "pusher:cache_miss",
-    ]
+    assert [f["event"] for f in frames(reply.frames)] == ["pusher_internal:subscription_succeeded"]
+    assert reply.effects == [SendCache("cache-prices")]
+    assert reply.join == "cache-prices"
 
 
 def test_unsubscribe_only_leaves_joined_channels() -> None:

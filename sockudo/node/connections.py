@@ -1,0 +1,179 @@
+"""What sockets change through the log: presence joins and leaves, client events, terminations.
+
+The WebSocket edge calls these; each appends one ``channel-events`` record. Joins wait for this
+node's fold (the subscriber's member list is read right after, at the same log position as the
+hub join); leaves and client events only wait for the append, which keeps the per-socket order
+without holding the socket's read loop for a fold round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+
+from projections.folds.state import IGNORED, Outcome
+from projections.store import keys
+from sockudo.config import AppConfig
+from sockudo.events.channel import Flags, MessagePublished, Origin, Retention
+from sockudo.events.presence import NodeDeclaredDead, PresenceMemberJoined, PresenceMemberLeft
+from sockudo.node.services import ChannelService, app_history_enabled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEvent:
+    """A validated ``client-*`` event from a socket (spec 01 §3.12)."""
+
+    channel: str
+    event: str
+    data: str
+    data_is_json: bool
+    socket_id: str
+    user_id: str | None
+    """The sender's presence user id (presence channels only: V1 frames carry it)."""
+
+
+class ConnectionService:
+    """Log-backed actions of this node's sockets."""
+
+    def __init__(self, channels: ChannelService) -> None:
+        self.channels = channels
+        self.runtime = channels.runtime
+        self.settings = channels.settings
+
+    def _origin(self, socket_id: str | None = None, user_id: str | None = None) -> Origin:
+        return Origin(
+            node=self.runtime.incarnation,
+            socket_id=socket_id,
+            user_id=user_id,
+            request_id=str(uuid.uuid4()),
+        )
+
+    def _presence_policy(self, app: AppConfig) -> tuple[Flags, Retention]:
+        s = self.settings
+        override = app.presence_history.enabled
+        enabled = s.presence_history_enabled if override is None else override
+        return Flags(presence_history=enabled), Retention(
+            window_s=s.presence_history_retention_window_seconds,
+            max_count=s.presence_history_max_events_per_channel,
+            max_bytes=s.presence_history_max_bytes_per_channel,
+        )
+
+    # --- presence ---------------------------------------------------------------------------
+
+    async def join(
+        self, app: AppConfig, channel: str, socket_id: str, user_id: str, user_info_json: str | None
+    ) -> Outcome:
+        flags, retention = self._presence_policy(app)
+        return await self.channels.append_and_wait(
+            PresenceMemberJoined(
+                event_id=str(uuid.uuid4()),
+                app_id=app.id,
+                channel=channel,
+                origin=self._origin(socket_id, user_id),
+                user_id=user_id,
+                socket_id=socket_id,
+                incarnation=self.runtime.incarnation,
+                user_info_json=user_info_json,
+                flags=flags,
+                retention=retention,
+            )
+        )
+
+    async def leave(
+        self, app: AppConfig, channel: str, socket_id: str, user_id: str, cause: str
+    ) -> None:
+        flags, retention = self._presence_policy(app)
+        await self.channels.append(
+            PresenceMemberLeft(
+                event_id=str(uuid.uuid4()),
+                app_id=app.id,
+                channel=channel,
+                origin=self._origin(socket_id, user_id),
+                user_id=user_id,
+                socket_id=socket_id,
+                incarnation=self.runtime.incarnation,
+                cause=cause,
+                flags=flags,
+                retention=retention,
+            )
+        )
+
+    def is_member(self, app: AppConfig, channel: str, user_id: str) -> bool:
+        store = self.runtime.store
+        assert store is not None
+        key = keys.member_key(keys.channel_prefix(app.id, channel), user_id)
+        return store.get(keys.PRESENCE_USERS, key) is not None
+
+    # --- client events ----------------------------------------------------------------------
+
+    async def client_event(self, app: AppConfig, ev: ClientEvent) -> None:
+        await self.channels.append(
+            MessagePublished(
+                event_id=str(uuid.uuid4()),
+                app_id=app.id,
+                channel=ev.channel,
+                origin=self._origin(ev.socket_id, ev.user_id),
+                message_id=str(uuid.uuid4()),
+                name=ev.event,
+                data=ev.data,
+                data_is_json=ev.data_is_json,
+                flags=Flags(persist=app_history_enabled(app, self.settings)),
+                retention=Retention(
+                    window_s=self.settings.history_retention_window_seconds,
+                    max_count=self.settings.history_max_messages_per_channel,
+                    max_bytes=self.settings.history_max_bytes_per_channel,
+                ),
+                client_event=True,
+            )
+        )
+
+    # --- node hygiene -----------------------------------------------------------------------
+
+    def orphaned_incarnations(self) -> set[str]:
+        """Earlier incarnations of this node still holding presence connections.
+
+        On the embedded log this node is the only writer, so every other incarnation is an
+        earlier run of it; on Kafka only incarnations with this node's id are (spec 05 §8.1).
+        """
+        store = self.runtime.store
+        assert store is not None
+        own = self.runtime.incarnation
+        node_prefix = f"{self.settings.node_id}/"
+        found: set[str] = set()
+        for p in range(self.runtime.partitions):
+            prefix = keys.u32(p)
+            for key, _ in store.scan(keys.BY_NODE, prefix, keys.prefix_end(prefix)):
+                incarnation = key[4:].split(b"\x00", 1)[0].decode()
+                if incarnation == own:
+                    continue
+                if self.settings.log_backend == "kafka" and not incarnation.startswith(node_prefix):
+                    continue
+                found.add(incarnation)
+        return found
+
+    async def declare_dead(self, incarnation: str) -> None:
+        """Append ``node.dead`` to every partition: each fold removes the members it holds."""
+        key = b"__node__\x00" + incarnation.encode()
+        for p in range(self.runtime.partitions):
+            event = NodeDeclaredDead(
+                event_id=str(uuid.uuid4()),
+                origin=self._origin(),
+                incarnation=incarnation,
+                declared_by=self.runtime.incarnation,
+                last_seen_ms=0,
+            )
+            partition, offset = await self.channels.append(event, partition=p, key=key)
+            runner = self.runtime.runner
+            assert runner is not None
+            outcome = await runner.wait_applied(partition, offset, 10.0)
+            if outcome.kind != IGNORED:
+                log.info(
+                    "declared %s dead on partition %s: %s",
+                    incarnation,
+                    p,
+                    json.dumps(outcome.details),
+                )
