@@ -240,8 +240,9 @@ def ws_received(app_id: str, nbytes: int) -> None:
     _BYTES.add("sockudo_socket_received_bytes", app_id, nbytes)
 
 
-def ws_sent(app_id: str, nbytes: int) -> None:
-    WS_MESSAGES_SENT.labels(app_id, _port).inc()
+def ws_sent(app_id: str, nbytes: int, frames: int = 1) -> None:
+    """``frames`` outbound frames of ``nbytes`` in all (the writer counts a whole batch once)."""
+    WS_MESSAGES_SENT.labels(app_id, _port).inc(frames)
     _BYTES.add("sockudo_socket_transmitted_bytes", app_id, nbytes)
 
 

@@ -9,8 +9,10 @@ the client reconnects with backoff) rather than letting a slow reader grow the n
 from __future__ import annotations
 
 import logging
+import time
 
 from projections.folds.state import CLOSE_USER, MEMBER_ADDED, MEMBER_REMOVED, MESSAGE, Delivery
+from sockudo import metrics
 from sockudo.events.users import USER_CHANNEL_PREFIX
 from sockudo.node.hub import Hub, Outbox
 from sockudo.ws import v1
@@ -66,15 +68,22 @@ class Fanout:
             frame = v1.raw_data_message(d.event, d.channel, d.data, d.user_id)
         else:
             frame = v1.message(d.event, d.channel, d.data, d.user_id if d.client_event else None)
-        self._send(targets, frame, d.exclude_socket_id)
+        sent = self._send(targets, frame, d.exclude_socket_id)
+        metrics.broadcast_latency(
+            d.app_id, metrics.channel_type(d.channel), sent, time.time() * 1000 - d.published_at_ms
+        )
 
-    def _send(self, targets: list[Outbox], frame: str, exclude: str | None) -> None:
+    def _send(self, targets: list[Outbox], frame: str, exclude: str | None) -> int:
+        """Enqueue ``frame`` for every target but ``exclude``; how many took it."""
+        sent = 0
         for outbox in targets:
             if outbox.socket_id == exclude:
                 continue
             if outbox.offer(frame):
-                self.frames_sent += 1
+                sent += 1
             elif outbox.close_request is None:
                 self.slow_closed += 1
                 log.info("closing slow socket %s: send queue full", outbox.socket_id)
                 outbox.request_close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)
+        self.frames_sent += sent
+        return sent

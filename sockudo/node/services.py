@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from projections.folds.state import CONFLICT, Outcome
+from projections.folds.state import CONFLICT, DUPLICATE, Outcome
 from projections.reads import cache as cache_reads
 from projections.reads import history as history_reads
 from projections.reads import presence as presence_reads
 from projections.store import keys
+from sockudo import metrics
 from sockudo.config import AppConfig, Settings
 from sockudo.errors import Backpressure, IdempotencyConflict
 from sockudo.events import codec
@@ -117,6 +118,10 @@ class ChannelService:
         result = {e.channel: o for e, o in zip(events, outcomes, strict=True)}
         if any(o.kind == CONFLICT for o in result.values()):
             raise IdempotencyConflict("idempotency key was already used with a different payload")
+        if claim is not None:
+            metrics.idempotent_publish(app.id)
+            if any(o.kind == DUPLICATE for o in result.values()):
+                metrics.idempotency_duplicate(app.id)
         return result
 
     async def append_and_wait(self, event: ChannelTopicEvent) -> Outcome:

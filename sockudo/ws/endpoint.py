@@ -249,9 +249,12 @@ async def _write(websocket: WebSocket, outbox: Outbox) -> None:
     try:
         while True:
             await outbox.wait()
-            for frame in outbox.take():
+            frames = outbox.take()
+            for frame in frames:
                 await websocket.send_text(frame)
-                metrics.ws_sent(outbox.app_id, metrics.utf8_len(frame))
+            if frames:
+                size = sum(map(metrics.utf8_len, frames))
+                metrics.ws_sent(outbox.app_id, size, len(frames))
             if outbox.close_request is not None:
                 code, reason = outbox.close_request
                 if code >= 4000:

@@ -393,3 +393,25 @@ async def test_members_of_a_killed_node_are_removed_on_restart(
     finally:
         for _ in nodes:
             pass
+
+
+async def test_graceful_stop_appends_the_leaves_itself(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node")
+    node.start()
+    try:
+        room = "presence-graceful"
+        async with connect(ws_url(node)) as ws:
+            sid = await established(ws)
+            presence_of(await subscribe_presence(ws, sid, room, "leaver"))
+            assert await asyncio.to_thread(node.stop) == 0
+        log_before = node.log_path.read_text()
+        node.start()
+        async with connect(ws_url(node)) as ws:
+            sid = await established(ws)
+            members = presence_of(await subscribe_presence(ws, sid, room, "next"))
+            assert members["ids"] == ["next"]
+        # The stopping node left on its own: the restart had nothing to clean up.
+        restart_log = node.log_path.read_text()[len(log_before) :]
+        assert "declaring earlier incarnation" not in restart_log
+    finally:
+        node.kill()

@@ -1,4 +1,4 @@
-"""Protocol V1 end to end: a real node (embedded log), a ``websockets`` client, signed publishes."""
+"""Protocol V1 end to end: a real node per log backend, raw websockets, signed publishes."""
 
 from __future__ import annotations
 
@@ -25,13 +25,33 @@ from tests.support.ws import (
     ws_url,
 )
 
+EXTRA_APPS = """
+[[app_manager.array.apps]]
+id = "quota-app"
+key = "quota-key"
+secret = "quota-secret"
+
+[app_manager.array.apps.policy.limits]
+max_connections = 1
+
+[[app_manager.array.apps]]
+id = "origin-app"
+key = "origin-key"
+secret = "origin-secret"
+
+[app_manager.array.apps.policy.channels]
+allowed_origins = ["https://ok.example"]
+"""
+
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def node(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[NodeProcess]:
     # One node per backend for the module: every test uses its own channels.
-    yield from node_for_backend(request, Path(tmp_path_factory.mktemp("ws")) / "node")
+    yield from node_for_backend(
+        request, Path(tmp_path_factory.mktemp("ws")) / "node", extra_config=EXTRA_APPS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +230,40 @@ async def test_server_ping_after_inactivity_and_4200_on_shutdown(tmp_path: Path)
             assert await stopping == 0
     finally:
         node.kill()
+
+
+async def _rejected_with(ws: ClientConnection) -> int:
+    frame = await recv(ws)
+    assert frame["event"] == "pusher:error", frame
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == frame["data"]["code"]
+    return int(frame["data"]["code"])
+
+
+async def test_app_connection_quota_4004_leaves_the_first_socket_alone(node: NodeProcess) -> None:
+    async with connect(ws_url(node, key="quota-key")) as first:
+        await established(first)
+        async with connect(ws_url(node, key="quota-key")) as second:
+            assert await _rejected_with(second) == 4004
+        await first.send(json.dumps({"event": "pusher:ping", "data": {}}))
+        assert await recv(first) == {"event": "pusher:pong", "data": {}}
+    # The slot is free again once the first socket is gone.
+    for _ in range(50):
+        async with connect(ws_url(node, key="quota-key")) as again:
+            frame = await recv(again)
+            if frame["event"] == "pusher:connection_established":
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("quota slot never came back")
+
+
+async def test_allowed_origins(node: NodeProcess) -> None:
+    url = ws_url(node, key="origin-key")
+    async with connect(url, origin="https://bad.example") as ws:  # type: ignore[arg-type]
+        assert await _rejected_with(ws) == 4009
+    async with connect(url, origin="https://ok.example") as ws:  # type: ignore[arg-type]
+        await established(ws)
+    async with connect(url) as ws:  # no Origin header at all
+        assert await _rejected_with(ws) == 4009
