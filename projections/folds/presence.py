@@ -104,6 +104,7 @@ def _apply(
             cause=event.cause,
             history=event.flags.presence_history,
             retention=event.retention,
+            event_id=event.event_id,
         )
     elif isinstance(event, PresenceMemberUpdated):
         result = _update(kv, ctx, event)
@@ -223,7 +224,7 @@ def _leave(
     kv.delete(keys.PRESENCE_USERS, member_key)
     details: dict[str, Any] = {"edge": MEMBER_REMOVED}
     if history:
-        info = json.loads(member["i"]) if member["i"] is not None else None
+        info = json.loads(member["i"]) if member["i"] is not None else {}
         details["presence_serial"] = _record(
             kv,
             ctx,

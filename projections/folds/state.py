@@ -188,7 +188,8 @@ class CachedEvent:
 
     def ttl_s(self, now_ms: int) -> int:
         """Seconds it is still served; 0 or less means expired."""
-        return (self.published_at_ms + CACHE_TTL_MS - now_ms) // 1000
+        # Rounded up: an event is served for the whole hour, reporting 1 s in its last second.
+        return -((now_ms - self.published_at_ms - CACHE_TTL_MS) // 1000)
 
 
 # Outcome kinds: what folding one record meant.
