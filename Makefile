@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck kafka bench clean
+.PHONY: setup run test lint typecheck kafka js bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+## The real pusher-js client for tests/conformance/test_pusher_js.py (Node.js >= 18 and npm).
+## Reinstalled when package.json or package-lock.json change.
+JS_DIR := tests/conformance/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed-stamp
+
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	npm ci --prefix $(JS_DIR) --no-audit --no-fund
+	touch $(JS_STAMP)
+
+js: $(JS_STAMP)
 
 ## Start sockudo-node on the embedded log with the development app (ARGS="--port 7000" ...).
 run: setup
@@ -31,12 +42,13 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-## Lint, type-check, then the whole suite (unit, contract, integration; real Kafka broker).
-test: setup kafka lint typecheck
+## Lint, type-check, then the whole suite (unit, contract, integration, conformance with the
+## real pusher-js; real Kafka broker).
+test: setup kafka js lint typecheck
 	SOCKUDO_KAFKA_AUTO_INSTALL=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 bench: setup kafka
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data $(JS_DIR)/node_modules
