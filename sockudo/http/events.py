@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from projections.folds.state import Outcome
+from projections.folds.state import DUPLICATE, Outcome
 from sockudo.channels import is_presence_channel
+from sockudo.config import AppConfig
 from sockudo.http import publish_request
 from sockudo.http.context import HttpContext, context
+from sockudo.http.rate_limit import BackendRateLimiter
 from sockudo.http.signed import authenticate
 from sockudo.node.services import PublishRequest
+
+_LIMITER = "backend_rate_limiter"
+"""Key of this node's :class:`BackendRateLimiter` in ``HttpContext.extra``."""
 
 
 def ack(outcome: Outcome) -> dict[str, Any]:
@@ -27,6 +33,22 @@ def ack(outcome: Outcome) -> dict[str, Any]:
     return out
 
 
+def rate_limiter(ctx: HttpContext) -> BackendRateLimiter:
+    """This node's ``max_backend_events_per_second`` limiter (created on first use)."""
+    limiter = ctx.extra.get(_LIMITER)
+    if not isinstance(limiter, BackendRateLimiter):
+        limiter = ctx.extra[_LIMITER] = BackendRateLimiter()
+    return limiter
+
+
+def _admit(
+    ctx: HttpContext, app: AppConfig, commands: tuple[publish_request.PublishCommand, ...]
+) -> None:
+    """One unit per event x channel (spec 01 §3.14); a refusal publishes nothing (429)."""
+    units = sum(len(cmd.channels) for cmd in commands)
+    rate_limiter(ctx).acquire(app.id, units, app.limits.max_backend_events_per_second)
+
+
 async def publish_events(request: Request) -> Response:
     ctx = context(request)
     app_id = request.path_params["app_id"]
@@ -34,13 +56,14 @@ async def publish_events(request: Request) -> Response:
     cmd = publish_request.parse_events_body(
         body, app, ctx.settings, idempotency_header=request.headers.get("x-idempotency-key")
     )
+    _admit(ctx, app, (cmd,))
     outcomes = await ctx.channels.publish(app, _request(cmd))
     if not cmd.wants_channel_response:
         return JSONResponse({})
     return JSONResponse(
         {
             "channels": {
-                channel: _channel_entry(ctx, app.id, cmd, channel, o)
+                channel: {**ack(o), **_counts(ctx, app, cmd, channel)}
                 for channel, o in outcomes.items()
             }
         }
@@ -48,18 +71,36 @@ async def publish_events(request: Request) -> Response:
 
 
 async def publish_batch(request: Request) -> Response:
-    """``POST /apps/{appId}/batch_events``: all items validated first, published in order."""
+    """``POST /apps/{appId}/batch_events``: all items validated first, published in order.
+
+    With ``X-Idempotency-Key`` the batch is the idempotent unit (spec 01 §5.3): item ``i``
+    claims ``"{key}#{i}"`` in the batch namespace ``b`` with the fingerprint of the whole
+    batch. A replay finds every item already folded and answers as the first request did; a
+    different batch under the same key conflicts on item 0, before anything is published; an
+    ``/events`` key (namespace ``e``) never collides with it.
+    """
     ctx = context(request)
     app, body = await authenticate(request, ctx, request.path_params["app_id"])
     batch = publish_request.parse_batch_events_body(
         body, app, ctx.settings, idempotency_header=request.headers.get("x-idempotency-key")
     )
+    _admit(ctx, app, batch.items)
+    batch_fingerprint = publish_request.fingerprint(batch) if batch.batch_key else None
     slots: list[dict[str, Any]] = []
-    for cmd in batch.items:
-        outcomes = await ctx.channels.publish(app, _request(cmd))
-        first = cmd.channels[0]
+    for index, cmd in enumerate(batch.items):
+        req = _request(cmd)
+        if batch.batch_key is not None:
+            req = replace(
+                req,
+                idempotency_key=f"{batch.batch_key}#{index}",
+                idempotency_ns="b",
+                fingerprint=batch_fingerprint,
+            )
+        outcomes = await ctx.channels.publish(app, req)
+        skipped = batch.batch_key is None and any(o.kind == DUPLICATE for o in outcomes.values())
+        # An item skipped as a duplicate of its own key answers `{}` (spec 01 §5.3).
         slots.append(
-            _channel_entry(ctx, app.id, cmd, first, outcomes[first]) if cmd.info_requested else {}
+            _counts(ctx, app, cmd, cmd.channels[0]) if cmd.info_requested and not skipped else {}
         )
     if not any(cmd.info_requested for cmd in batch.items):
         return JSONResponse({})
@@ -81,17 +122,14 @@ def _request(cmd: publish_request.PublishCommand) -> PublishRequest:
     )
 
 
-def _channel_entry(
-    ctx: HttpContext,
-    app_id: str,
-    cmd: publish_request.PublishCommand,
-    channel: str,
-    outcome: Outcome,
+def _counts(
+    ctx: HttpContext, app: AppConfig, cmd: publish_request.PublishCommand, channel: str
 ) -> dict[str, Any]:
-    entry = ack(outcome)
+    """The ``info`` counts of one channel: subscribers (this node), presence users (cluster)."""
+    entry: dict[str, Any] = {}
     if "subscription_count" in cmd.info:
         # This node's sockets only: cross-node counts need the cluster view (later issue).
-        entry["subscription_count"] = ctx.hub.subscription_count(app_id, channel)
+        entry["subscription_count"] = ctx.hub.subscription_count(app.id, channel)
     if "user_count" in cmd.info and is_presence_channel(channel):
-        entry["user_count"] = 0
+        entry["user_count"] = ctx.channels.presence_user_count(app, channel)
     return entry

@@ -11,7 +11,8 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from sockudo.errors import SockudoError
-from sockudo.http import events, health, history, ops
+from sockudo.http import channels as channels_api
+from sockudo.http import events, health, history, ops, users
 from sockudo.http.context import HttpContext
 from sockudo.http.errors import handle_exception, not_found
 from sockudo.node.hub import Hub
@@ -33,6 +34,28 @@ def build_app(
         *ops.routes(channels.settings),
         Route("/apps/{app_id}/events", events.publish_events, methods=["POST"]),
         Route("/apps/{app_id}/batch_events", events.publish_batch, methods=["POST"]),
+        Route("/apps/{app_id}/channels", channels_api.list_channels, methods=["GET"]),
+        Route("/apps/{app_id}/channels/{channel}", channels_api.get_channel, methods=["GET"]),
+        Route(
+            "/apps/{app_id}/channels/{channel}/users",
+            channels_api.get_channel_users,
+            methods=["GET"],
+        ),
+        Route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            users.terminate_connections,
+            methods=["POST"],
+        ),
+        Route(
+            "/users/{user_id}/terminate_connections",
+            users.terminate_connections_alias,
+            methods=["POST"],
+        ),
+        Route(
+            "/apps/{app_id}/users/{user_id}/force_reconnect",
+            users.force_reconnect,
+            methods=["POST"],
+        ),
         Route("/apps/{app_id}/channels/{channel}/history", history.get_history, methods=["GET"]),
         Route(
             "/apps/{app_id}/channels/{channel}/history/state",
