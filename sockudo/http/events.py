@@ -86,7 +86,7 @@ async def publish_batch(request: Request) -> Response:
     )
     _admit(ctx, app, batch.items)
     batch_fingerprint = publish_request.fingerprint(batch) if batch.batch_key else None
-    slots: list[dict[str, Any]] = []
+    requests = []
     for index, cmd in enumerate(batch.items):
         req = _request(cmd)
         if batch.batch_key is not None:
@@ -96,6 +96,12 @@ async def publish_batch(request: Request) -> Response:
                 idempotency_ns="b",
                 fingerprint=batch_fingerprint,
             )
+        # A key reused with other content anywhere in the batch rejects the whole batch
+        # before anything is published (spec 01 §5.3).
+        ctx.channels.check_idempotency(app, req)
+        requests.append(req)
+    slots: list[dict[str, Any]] = []
+    for cmd, req in zip(batch.items, requests, strict=True):
         outcomes = await ctx.channels.publish(app, req)
         skipped = batch.batch_key is None and any(o.kind == DUPLICATE for o in outcomes.values())
         # An item skipped as a duplicate of its own key answers `{}` (spec 01 §5.3).

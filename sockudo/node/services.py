@@ -81,7 +81,7 @@ class ChannelService:
             raise Backpressure("projection lags behind the log")
         claim = self._claim(app, req)
         if claim is not None:
-            self._check_app_wide_conflict(app, req, claim)
+            self._check_app_wide_conflict(app, claim)
         message_id = req.message_id or str(uuid.uuid4())
         flags = Flags(persist=app_history_enabled(app, self.settings))
         retention = Retention(
@@ -178,9 +178,13 @@ class ChannelService:
             ttl_ms=app_idempotency_ttl_s(app, self.settings) * 1000,
         )
 
-    def _check_app_wide_conflict(
-        self, app: AppConfig, req: PublishRequest, claim: IdempotencyClaim
-    ) -> None:
+    def check_idempotency(self, app: AppConfig, req: PublishRequest) -> None:
+        """Raise :class:`IdempotencyConflict` if ``req``'s key is live with other content."""
+        claim = self._claim(app, req)
+        if claim is not None:
+            self._check_app_wide_conflict(app, claim)
+
+    def _check_app_wide_conflict(self, app: AppConfig, claim: IdempotencyClaim) -> None:
         """Keys are app-scoped: a live entry with another fingerprint anywhere is a conflict."""
         store = self.runtime.store
         assert store is not None

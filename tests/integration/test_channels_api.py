@@ -439,6 +439,26 @@ async def test_batch_idempotency_header(clients: Clients, api: SignedClient) -> 
 # --- user actions (spec 01 §5.4, checks 30 and 59) ----------------------------------------------
 
 
+async def test_batch_item_key_conflict_rejects_the_whole_batch(
+    clients: Clients, api: SignedClient
+) -> None:
+    ws = await clients.subscribed("bidem-items")
+    used = {"channel": "bidem-items", "name": "first", "data": "1", "idempotency_key": "item-k"}
+    assert (await post(api, f"/apps/{APP_ID}/events", used)).status_code == 200
+    assert (await recv(ws))["event"] == "first"
+    batch = [
+        {"channel": "bidem-items", "name": "fresh", "data": "0", "idempotency_key": "new-k"},
+        {**used, "data": "different"},
+    ]
+    conflict = await post(api, f"/apps/{APP_ID}/batch_events", {"batch": batch})
+    assert conflict.status_code == 409, conflict.text
+    await nothing_more(ws)  # item 0 was not published either
+    # Its key was not claimed: the same item alone is a first use.
+    alone = await post(api, f"/apps/{APP_ID}/events", batch[0])
+    assert alone.status_code == 200, alone.text
+    assert (await recv(ws))["event"] == "fresh"
+
+
 async def test_terminate_connections_and_alias(
     clients: Clients, api: SignedClient, sdk: pusher.Pusher
 ) -> None:
