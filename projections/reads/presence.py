@@ -60,3 +60,14 @@ def subscription_data(found: list[Member]) -> dict[str, Any]:
             "count": len(found),
         }
     }
+
+
+def occupied_channels(kv: KVReader, app_id: str, prefix: str = "") -> dict[str, int]:
+    """Presence channels of ``app_id`` starting with ``prefix`` that have members → user count."""
+    start = app_id.encode() + b"\x00" + prefix.encode()
+    end = keys.prefix_end(start) if prefix else keys.prefix_end(app_id.encode() + b"\x00")
+    counts: dict[str, int] = {}
+    for key, _ in kv.scan(keys.PRESENCE_USERS, start, end):
+        channel = key.split(b"\x00", 2)[1].decode()
+        counts[channel] = counts.get(channel, 0) + 1
+    return counts

@@ -53,15 +53,18 @@ async def list_channels(request: Request) -> Response:
     if "user_count" in info and not prefix.startswith("presence-"):
         raise _invalid("user_count may only be requested with filter_by_prefix=presence-")
     local = ctx.hub.channels(app.id)
+    # Presence channels are occupied cluster-wide by their members (the presence projection);
+    # other channels by this node's subscribers.
+    members = ctx.channels.presence_channels(app, prefix)
     channels: dict[str, dict[str, Any]] = {}
-    for channel in sorted(local):
+    for channel in sorted(set(local) | set(members)):
         if not channel.startswith(prefix):
             continue
         entry: dict[str, Any] = {}
         if "user_count" in info and is_presence_channel(channel):
-            entry["user_count"] = ctx.channels.presence_user_count(app, channel)
+            entry["user_count"] = members.get(channel, 0)
         if "subscription_count" in info:
-            entry["subscription_count"] = local[channel]
+            entry["subscription_count"] = local.get(channel, 0)
         channels[channel] = entry
     return JSONResponse({"channels": channels})
 

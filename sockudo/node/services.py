@@ -229,6 +229,12 @@ class ChannelService:
         assert store is not None
         return presence_reads.members(store, app.id, channel)
 
+    def presence_channels(self, app: AppConfig, prefix: str = "") -> dict[str, int]:
+        """Presence channels with members anywhere in the cluster → their user counts."""
+        store = self.runtime.store
+        assert store is not None
+        return presence_reads.occupied_channels(store, app.id, prefix)
+
     def presence_user_count(self, app: AppConfig, channel: str) -> int:
         store = self.runtime.store
         assert store is not None

@@ -42,7 +42,7 @@ from projections.folds.state import (
     StreamHead,
 )
 from projections.reads.cache import CachedFrame, cached
-from projections.reads.presence import Member, member, members, user_count
+from projections.reads.presence import Member, member, members, occupied_channels, user_count
 from projections.store import keys
 from projections.store.kv import KV, MemoryKV, Overlay
 from sockudo.events.channel import Flags, MessagePublished, Origin, Retention
@@ -404,6 +404,19 @@ def test_members_of_several_users_and_channels_are_kept_apart() -> None:
         Member("u2", {"n": 2}, 1),
     ]
     assert members(proj.kv, APP, "presence-other") == [Member("u1", {}, 1)]
+
+
+def test_occupied_presence_channels_by_prefix() -> None:
+    proj = Projection()
+    proj.fold(join("u1", "1.1", channel="presence-a"))
+    proj.fold(join("u2", "1.2", channel="presence-a"))
+    proj.fold(join("u1", "1.3", channel="presence-b"))
+    proj.fold(join("u3", "1.4", channel="presence-b"))
+    proj.fold(leave("u3", "1.4", channel="presence-b"))
+    assert occupied_channels(proj.kv, APP) == {"presence-a": 2, "presence-b": 1}
+    assert occupied_channels(proj.kv, APP, "presence-b") == {"presence-b": 1}
+    assert occupied_channels(proj.kv, APP, "presence-z") == {}
+    assert occupied_channels(proj.kv, "other-app") == {}
 
 
 # --- leaves ----------------------------------------------------------------------------------
