@@ -15,7 +15,7 @@ from projections.folds.state import CLOSE_USER, MEMBER_ADDED, MEMBER_REMOVED, ME
 from sockudo import metrics
 from sockudo.events.users import USER_CHANNEL_PREFIX
 from sockudo.node.hub import Hub, Outbox
-from sockudo.ws import v1
+from sockudo.ws.egress import Frame
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +40,21 @@ class Fanout:
             if d.kind == MESSAGE:
                 self._message(d)
             elif d.kind in (MEMBER_ADDED, MEMBER_REMOVED):
-                # Presence edges carry no user_id field on the wire; the joining socket is not
-                # in the hub yet, so it never sees its own member_added.
-                self._send(
-                    self.hub.subscribers(d.app_id, d.channel),
-                    v1.message(d.event, d.channel, d.data),
-                    None,
-                )
+                # The joining socket is not in the hub yet, so it never sees its own edge.
+                frames: dict[str, Frame] = {}
+                for outbox in self.hub.subscribers(d.app_id, d.channel):
+                    frame = frames.get(outbox.egress.key)
+                    if frame is None:
+                        frame = frames[outbox.egress.key] = outbox.egress.presence_edge(
+                            d.kind, d.channel, d.data
+                        )
+                    self._offer(outbox, frame)
             elif d.kind == CLOSE_USER:
                 code, reason = RECONNECT if d.data == "reconnect" else TERMINATE
                 for outbox in self.hub.sockets_of_user(d.app_id, d.user_id or ""):
                     outbox.close_cause = "terminated"
                     outbox.request_close(code, reason)
-            # MEMBER_UPDATED is a V2 frame; V1 sockets never see it.
+            # MEMBER_UPDATED reaches V2 sockets once presence_update exists (spec 02 §12).
 
     def _message(self, d: Delivery) -> None:
         if d.channel.startswith(USER_CHANNEL_PREFIX):
@@ -62,28 +64,31 @@ class Fanout:
             targets = self.hub.subscribers(d.app_id, d.channel)
         if not targets:
             return
-        # V1 carries exactly the Pusher fields. `data` is the delivered string; a client
-        # event's JSON value is forwarded as JSON, with the sender's presence user id.
-        if d.client_event and d.data_is_json:
-            frame = v1.raw_data_message(d.event, d.channel, d.data, d.user_id)
-        else:
-            frame = v1.message(d.event, d.channel, d.data, d.user_id if d.client_event else None)
-        sent = self._send(targets, frame, d.exclude_socket_id)
+        # Serialise once per (protocol, format) and share the frame between sockets.
+        frames: dict[str, Frame] = {}
+        sent = 0
+        exclude = d.exclude_socket_id
+        for outbox in targets:
+            if outbox.socket_id == exclude and not (
+                # A V2 sender of a client event receives it back unless echo is off (02 §10.3).
+                d.client_event and outbox.egress.protocol == 2 and outbox.echo
+            ):
+                continue
+            frame = frames.get(outbox.egress.key)
+            if frame is None:
+                frame = frames[outbox.egress.key] = outbox.egress.message(d)
+            sent += self._offer(outbox, frame)
+        self.frames_sent += sent
         metrics.broadcast_latency(
             d.app_id, metrics.channel_type(d.channel), sent, time.time() * 1000 - d.published_at_ms
         )
 
-    def _send(self, targets: list[Outbox], frame: str, exclude: str | None) -> int:
-        """Enqueue ``frame`` for every target but ``exclude``; how many took it."""
-        sent = 0
-        for outbox in targets:
-            if outbox.socket_id == exclude:
-                continue
-            if outbox.offer(frame):
-                sent += 1
-            elif outbox.close_request is None:
-                self.slow_closed += 1
-                log.info("closing slow socket %s: send queue full", outbox.socket_id)
-                outbox.request_close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)
-        self.frames_sent += sent
-        return sent
+    def _offer(self, outbox: Outbox, frame: Frame) -> int:
+        """1 when queued; a socket whose queue is full is closed instead (4100)."""
+        if outbox.offer(frame):
+            return 1
+        if outbox.close_request is None:
+            self.slow_closed += 1
+            log.info("closing slow socket %s: send queue full", outbox.socket_id)
+            outbox.request_close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)
+        return 0

@@ -11,6 +11,7 @@ import asyncio
 from collections import deque
 
 from sockudo import metrics
+from sockudo.ws.egress import V1, Egress, Frame
 
 SEND_QUEUE_FRAMES = 1024
 """Frames one socket may have waiting; a client that falls this far behind is disconnected."""
@@ -27,19 +28,24 @@ class Outbox:
         app_id: str,
         capacity: int = SEND_QUEUE_FRAMES,
         max_chars: int = SEND_QUEUE_CHARS,
+        egress: Egress = V1,
     ) -> None:
         self.socket_id = socket_id
         self.app_id = app_id
+        self.egress = egress
+        """Builds this socket's frames (protocol and wire format)."""
+        self.echo = True
+        """V2 ``echo_messages``: the socket receives its own client events."""
         self.capacity = capacity
         self.max_chars = max_chars
-        self._frames: deque[str] = deque()
+        self._frames: deque[Frame] = deque()
         self._chars = 0
         self._wake = asyncio.Event()
         self.close_request: tuple[int, str] | None = None
         self.close_cause = "disconnect"
         """Why the socket ended, as presence leaves record it (``terminated`` by the app)."""
 
-    def offer(self, frame: str) -> bool:
+    def offer(self, frame: Frame) -> bool:
         """Enqueue ``frame``; ``False`` when full or closing (the frame is dropped)."""
         if self.close_request is not None or len(self._frames) >= self.capacity:
             return False
@@ -62,7 +68,7 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def take(self) -> list[str]:
+    def take(self) -> list[Frame]:
         """Everything queued now, oldest first."""
         frames = list(self._frames)
         self._frames.clear()

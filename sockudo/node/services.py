@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from projections.folds.state import CONFLICT, DUPLICATE, Outcome
+from projections.folds.state import CONFLICT, DUPLICATE, Outcome, StreamHead
 from projections.reads import cache as cache_reads
 from projections.reads import history as history_reads
 from projections.reads import presence as presence_reads
@@ -222,6 +222,20 @@ class ChannelService:
                 store, app.id, channel, self._stall(app.id, channel), self.settings.node_id
             ),
         }
+
+    def attach_position(self, app: AppConfig, channel: str) -> tuple[str | None, int, int | None]:
+        """``(stream_id, delivery head, history head)`` of ``channel`` as folded now.
+
+        The history head is ``None`` when history is off for the app (spec 02 §5.3).
+        """
+        store = self.runtime.store
+        assert store is not None
+        raw = store.get(keys.STREAMS, keys.channel_prefix(app.id, channel))
+        history = app_history_enabled(app, self.settings)
+        if raw is None:
+            return None, 0, 0 if history else None
+        head = StreamHead.decode(raw)
+        return head.stream_id, head.next_d - 1, head.next_h - 1 if history else None
 
     def presence_members(self, app: AppConfig, channel: str) -> list[presence_reads.Member]:
         """Current members of a presence channel across the cluster (the presence projection)."""

@@ -7,7 +7,6 @@ cluster the same rule would need user-level online edges in the log; see the REA
 from __future__ import annotations
 
 from sockudo.node.hub import Hub
-from sockudo.ws import v1
 
 
 class Watchlists:
@@ -36,7 +35,7 @@ class Watchlists:
         status = [(name, ids) for name, ids in (("online", online), ("offline", offline)) if ids]
         outbox = self.hub.get(socket_id)
         if status and outbox is not None:
-            outbox.offer(v1.watchlist_events(status))
+            outbox.offer(outbox.egress.watchlist_events(status))
         if not was_online:
             self._announce(app_id, user_id, "online")
 
@@ -50,11 +49,11 @@ class Watchlists:
         watchers = self._watchers.get((app_id, user_id))
         if not watchers:
             return
-        frame = v1.watchlist_events([(name, [user_id])])
+        events = [(name, [user_id])]
         for socket_id in list(watchers):
             outbox = self.hub.get(socket_id)
             if outbox is not None:
-                outbox.offer(frame)
+                outbox.offer(outbox.egress.watchlist_events(events))
 
     def _forget(self, socket_id: str) -> None:
         entry = self._lists.pop(socket_id, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from projections.folds.state import IGNORED
 from projections.reads.presence import subscription_data
@@ -19,7 +20,9 @@ from sockudo.node.connections import ClientEvent, ConnectionService
 from sockudo.node.hub import Hub, Outbox
 from sockudo.node.watchlist import Watchlists
 from sockudo.ws import v1
+from sockudo.ws.egress import Frame
 from sockudo.ws.session import (
+    Attach,
     Effect,
     PresenceJoin,
     PresenceLeave,
@@ -55,11 +58,12 @@ async def run(effect: Effect, env: SocketEnv) -> None:
                     env.app, effect.channel, env.session.socket_id, effect.user_id, effect.cause
                 )
             case SendCache(channel=channel):
+                out = env.outbox.egress
                 cached = env.connections.channels.cached_event(env.app, channel)
                 if cached is None:
-                    env.outbox.offer(v1.cache_miss(channel))
+                    env.outbox.offer(out.cache_miss(channel))
                 else:
-                    env.outbox.offer(v1.message(cached.event, channel, cached.data))
+                    env.outbox.offer(out.cached_message(cached.event, channel, cached.data))
             case PublishClientEvent():
                 await env.connections.client_event(
                     env.app,
@@ -74,6 +78,8 @@ async def run(effect: Effect, env: SocketEnv) -> None:
                 )
             case SignedIn():
                 _signed_in(effect, env)
+            case Attach(channel=channel):
+                env.outbox.offer(_success(env, channel, None))
     except SockudoError as exc:
         # The log refused or timed out: tell this client, keep everyone else going.
         log.warning("effect %s of %s failed: %s", type(effect).__name__, env.outbox.socket_id, exc)
@@ -81,7 +87,9 @@ async def run(effect: Effect, env: SocketEnv) -> None:
             env.session.presence_failed(effect.channel)
         target: str | None = getattr(effect, "channel", None)
         code = v1.CLIENT_EVENT_ERROR if isinstance(effect, PublishClientEvent) else 4100
-        env.outbox.offer(v1.error(code, "Service temporarily unavailable, try again", target))
+        env.outbox.offer(
+            env.outbox.egress.error(code, "Service temporarily unavailable, try again", target)
+        )
 
 
 async def _presence_join(effect: PresenceJoin, env: SocketEnv) -> None:
@@ -96,7 +104,7 @@ async def _presence_join(effect: PresenceJoin, env: SocketEnv) -> None:
             and services.channels.presence_user_count(app, channel) >= limit
         ):
             session.presence_failed(channel)
-            env.outbox.offer(v1.error(v1.OVER_CAPACITY, "Over capacity", channel))
+            env.outbox.offer(env.outbox.egress.error(v1.OVER_CAPACITY, "Over capacity", channel))
             return
         outcome = await services.join(
             app, channel, session.socket_id, effect.user_id, effect.user_info_json
@@ -110,7 +118,15 @@ async def _presence_join(effect: PresenceJoin, env: SocketEnv) -> None:
             return
         env.hub.subscribe(session.socket_id, channel, member=effect.user_id)
     members = services.channels.presence_members(app, channel)
-    env.outbox.offer(v1.subscription_succeeded(channel, subscription_data(members)))
+    env.outbox.offer(_success(env, channel, subscription_data(members)))
+
+
+def _success(env: SocketEnv, channel: str, data: dict[str, Any] | None) -> Frame:
+    """``subscription_succeeded`` with the position read now, at the hub join (no await)."""
+    stream_id, head, attach = env.connections.channels.attach_position(env.app, channel)
+    if attach is not None:
+        data = {**(data or {}), "attach_serial": attach}
+    return env.outbox.egress.subscription_succeeded(channel, data, stream_id, head)
 
 
 def _signed_in(effect: SignedIn, env: SocketEnv) -> None:

@@ -23,13 +23,16 @@ from sockudo.config import AppConfig, Settings
 from sockudo.node.connections import ConnectionService
 from sockudo.node.hub import Hub, Outbox
 from sockudo.node.watchlist import Watchlists
-from sockudo.ws import effects, v1
+from sockudo.ws import effects
+from sockudo.ws.egress import V1, Egress, Frame
+from sockudo.ws.egress import v2 as v2_egress
 from sockudo.ws.session import PresenceLeave, Reply, Session
+from sockudo.ws.wire import normalize_format
 
 log = logging.getLogger(__name__)
 
 MESSAGE_TOO_BIG = 1009
-_V2_FORMATS = frozenset({"", "json", "msgpack", "messagepack", "protobuf", "proto"})
+_ROLLUP_WINDOWS = frozenset({"0", "20", "40", "100", "500"})
 # `connection_errors_total{error_type}` of each admission failure (spec 01 §7.4).
 _ERROR_TYPES = {
     4001: "app_not_found",
@@ -65,9 +68,24 @@ def check_query(params: dict[str, str]) -> tuple[int | None, str | None]:
     echo = params.get("echo_messages")
     if echo is not None and echo not in ("true", "false"):
         return None, "echo_messages must be true or false"
-    if protocol == 2 and params.get("format", "").strip().lower() not in _V2_FORMATS:
-        return None, "unknown format"
+    if protocol == 2:
+        if normalize_format(params.get("format", "")) is None:
+            return None, "unknown format"
+        if params.get("append_mode", "delta") not in ("", "delta", "full"):
+            return None, "append_mode must be delta or full"
+        window = params.get("append_rollup_window")
+        if window is not None and window not in _ROLLUP_WINDOWS:
+            return None, "append_rollup_window must be one of 0, 20, 40, 100, 500"
     return protocol, None
+
+
+def egress_for(protocol: int | None, params: dict[str, str]) -> Egress:
+    """The frame builder a connection negotiated (the query already passed ``check_query``)."""
+    if protocol != 2:
+        return V1
+    fmt = normalize_format(params.get("format", ""))
+    assert fmt is not None
+    return v2_egress(fmt)
 
 
 def origin_allowed(app: AppConfig, origin: str) -> bool:
@@ -108,31 +126,31 @@ async def websocket_v1(websocket: WebSocket) -> None:
     if ctx.draining:
         await _deny(websocket, Response(status_code=503))
         return
-    protocol, problem = check_query(dict(websocket.query_params))
+    params = dict(websocket.query_params)
+    protocol, problem = check_query(params)
     if problem is not None:
         await _deny(websocket, PlainTextResponse(problem, status_code=400))
         return
+    egress = egress_for(protocol, params)
     await websocket.accept()
-    if protocol == 2:
-        # V2 is a later slice; answering V1 frames to a V2 client would mislead it.
-        await _reject(websocket, 4007, "Unsupported protocol version")
-        return
     settings, hub = ctx.settings, ctx.hub
     app = settings.app_by_key(websocket.path_params["app_key"])
     rejection = admission_error(settings, hub, app, websocket.headers.get("origin", ""))
     if rejection is not None:
         metrics.connection_error(app.id if app else "", _ERROR_TYPES.get(rejection[0], "other"))
-        await _reject(websocket, *rejection)
+        await _reject(websocket, egress, *rejection)
         return
     assert app is not None
     socket_id = new_socket_id(hub.has_socket)
-    outbox = Outbox(socket_id, app.id)
+    outbox = Outbox(socket_id, app.id, egress=egress)
+    outbox.echo = params.get("echo_messages", "true") != "false"
     session = Session(
         socket_id,
         app,
         activity_timeout=settings.activity_timeout,
         now=time.monotonic(),
         user_authentication_timeout=settings.user_authentication_timeout,
+        out=egress,
     )
     hub.add(outbox)
     metrics.connection_opened(app.id)
@@ -164,10 +182,21 @@ async def _deny(websocket: WebSocket, response: Response) -> None:
         await websocket.close()
 
 
-async def _reject(websocket: WebSocket, code: int, reason: str) -> None:
+def _size(frame: Frame) -> int:
+    return metrics.utf8_len(frame) if isinstance(frame, str) else len(frame)
+
+
+async def _send(websocket: WebSocket, frame: Frame) -> None:
+    if isinstance(frame, str):
+        await websocket.send_text(frame)
+    else:
+        await websocket.send_bytes(frame)
+
+
+async def _reject(websocket: WebSocket, egress: Egress, code: int, reason: str) -> None:
     """Admission failure: the error frame, then the close with the same code (spec 01 §2.3)."""
     try:
-        await websocket.send_text(v1.error(code, reason))
+        await _send(websocket, egress.error(code, reason))
         await websocket.close(code, reason)
     except Exception as exc:  # the client already left; nothing to tell it
         log.debug("rejecting a socket with %s failed: %s", code, exc)
@@ -251,17 +280,17 @@ async def _write(websocket: WebSocket, outbox: Outbox) -> None:
             await outbox.wait()
             frames = outbox.take()
             for frame in frames:
-                await websocket.send_text(frame)
+                await _send(websocket, frame)
             if frames:
-                size = sum(map(metrics.utf8_len, frames))
+                size = sum(map(_size, frames))
                 metrics.ws_sent(outbox.app_id, size, len(frames))
             if outbox.close_request is not None:
                 code, reason = outbox.close_request
                 if code >= 4000:
                     # Every server close >= 4000 is preceded by the same error (spec 01 §2.4).
-                    error = v1.error(code, reason)
-                    await websocket.send_text(error)
-                    metrics.ws_sent(outbox.app_id, metrics.utf8_len(error))
+                    error = outbox.egress.error(code, reason)
+                    await _send(websocket, error)
+                    metrics.ws_sent(outbox.app_id, _size(error))
                 await websocket.close(code, reason)
                 return
     except Exception as exc:  # the peer went away mid-send; the read loop sees the disconnect

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from sockudo.auth import verify_channel_auth, verify_user_auth
 from sockudo.channels import InvalidChannelName, validate_channel_name
 from sockudo.config import AppConfig
-from sockudo.ws import v1
+from sockudo.ws import v1, wire
+from sockudo.ws.egress import V1, Egress, Frame
 
 PONG_TIMEOUT_S = 30.0
 PONG_TIMEOUT_CODE = 4201
@@ -65,6 +67,13 @@ class PublishClientEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Attach:
+    """V2: answer a subscribe with the channel's position at the moment of the hub join."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
 class SignedIn:
     """The socket's user identity is now ``user_id``; watchlist processing follows."""
 
@@ -72,14 +81,14 @@ class SignedIn:
     watchlist: tuple[str, ...]
 
 
-Effect = PresenceJoin | PresenceLeave | SendCache | PublishClientEvent | SignedIn
+Effect = PresenceJoin | PresenceLeave | SendCache | PublishClientEvent | SignedIn | Attach
 
 
 @dataclass(slots=True)
 class Reply:
     """What handling one frame (or one tick) asks the endpoint to do, in this order."""
 
-    frames: list[str] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
     join: str | None = None
     leave: str | None = None
     effects: list[Effect] = field(default_factory=list)
@@ -98,8 +107,11 @@ class Session:
         now: float,
         pong_timeout: float = PONG_TIMEOUT_S,
         user_authentication_timeout: int = 3600,
+        out: Egress = V1,
     ) -> None:
         self.socket_id = socket_id
+        self.out = out
+        """Frame builder of the connection's protocol and format."""
         self.app = app
         self.activity_timeout = activity_timeout
         self.pong_timeout = pong_timeout
@@ -117,8 +129,8 @@ class Session:
         )
         self._client_events: deque[float] = deque()
 
-    def opening(self) -> str:
-        return v1.connection_established(self.socket_id, self.activity_timeout)
+    def opening(self) -> Frame:
+        return self.out.connection_established(self.socket_id, self.activity_timeout)
 
     # --- deadlines --------------------------------------------------------------------------
 
@@ -141,7 +153,7 @@ class Session:
             return Reply()
         if now >= self.last_activity + self.activity_timeout:
             self.ping_sent_at = now
-            return Reply(frames=[v1.ping()])
+            return Reply(frames=[self.out.ping()])
         return Reply()
 
     def _authorized(self) -> None:
@@ -154,16 +166,19 @@ class Session:
         # pending server ping (spec 01 §3.2).
         self.last_activity = now
         try:
-            command = v1.parse_frame(raw)
+            if self.out.protocol == 2:
+                command = v1.parse_envelope(decode_v2(raw, self.out.fmt))
+            else:
+                command = v1.parse_frame(raw)
             return self._dispatch(command, now)
         except v1.FrameError as exc:
-            return Reply(frames=[v1.error(exc.code, exc.message, exc.channel)])
+            return Reply(frames=[self.out.error(exc.code, exc.message, exc.channel)])
 
     def _dispatch(self, command: v1.Command, now: float) -> Reply:
         match command:
             case v1.Ping():
                 self.ping_sent_at = None
-                return Reply(frames=[v1.pong()])
+                return Reply(frames=[self.out.pong()])
             case v1.Pong():
                 self.ping_sent_at = None
                 return Reply()
@@ -176,6 +191,8 @@ class Session:
             case v1.ClientEvent():
                 return self._client_event(command, now)
             case v1.UnknownEvent():
+                if self.out.protocol == 2:
+                    return Reply()  # ignored silently on V2 (spec 02 §1.3)
                 raise v1.FrameError(
                     v1.CLIENT_EVENT_ERROR, "Client event names must start with 'client-'"
                 )
@@ -199,7 +216,11 @@ class Session:
                     v1.UNAUTHORIZED, "Socket is not signed in as this user", channel
                 )
             self.channels.add(channel)
-            return Reply(frames=[v1.subscription_succeeded(channel)])
+            return Reply(frames=[self.out.subscription_succeeded(channel)])
+        if self.out.protocol == 1 and command.options and "rewind" in command.options:
+            raise v1.FrameError(
+                v1.CHANNEL_ERROR, "Channel rewind is only supported on protocol V2", channel
+            )
         if info.is_presence:
             return self._subscribe_presence(command)
         if info.requires_auth:
@@ -210,7 +231,11 @@ class Session:
             ):
                 raise v1.FrameError(v1.UNAUTHORIZED, "Invalid channel auth signature", channel)
             self._authorized()
-        reply = Reply(frames=[v1.subscription_succeeded(channel)])
+        if self.out.protocol == 2:
+            # The success frame carries the stream position at the hub join (spec 02 §5.3).
+            reply = Reply(effects=[Attach(channel)])
+        else:
+            reply = Reply(frames=[self.out.subscription_succeeded(channel)])
         if info.cache:
             reply.effects.append(SendCache(channel))
         if channel not in self.channels:  # a re-subscribe is idempotent (spec 01 §3.4)
@@ -290,9 +315,9 @@ class Session:
             raise v1.FrameError(v1.UNAUTHORIZED, "watchlist must be an array of user ids")
         self.user_id = user_id
         self._authorized()
-        reply = Reply(frames=[v1.signin_success(command.user_data)])
+        reply = Reply(frames=[self.out.signin_success(command.user_data)])
         if len(watchlist_raw) > WATCHLIST_LIMIT:
-            reply.frames.append(v1.error(v1.WATCHLIST_LIMIT, "Watchlist limit exceeded"))
+            reply.frames.append(self.out.error(v1.WATCHLIST_LIMIT, "Watchlist limit exceeded"))
         reply.effects.append(SignedIn(user_id, tuple(watchlist_raw[:WATCHLIST_LIMIT])))
         return reply
 
@@ -304,7 +329,7 @@ class Session:
         if limits.max_client_events_per_second and not self._take_client_event_slot(now):
             reply = Reply(
                 frames=[
-                    v1.error(
+                    self.out.error(
                         v1.CLIENT_EVENT_ERROR, "Client event rejected due to rate limit", channel
                     )
                 ]
@@ -392,3 +417,13 @@ def encode_client_data(data: object) -> tuple[str, bool]:
     if isinstance(data, str):
         return data, False
     return _COMPACT.encode(data), True
+
+
+def decode_v2(raw: str | bytes, fmt: wire.WireFormat) -> dict[str, Any]:
+    """A V2 frame in ``fmt`` → the ``event``/``channel``/``data`` dict the parser reads."""
+    try:
+        env = wire.decode(raw, fmt)
+    except wire.WireError as exc:
+        raise v1.FrameError(v1.MALFORMED, f"Undecodable frame: {exc}") from None
+    data = env.data.to_value() if env.data is not None else None
+    return {"event": env.event, "channel": env.channel, "data": data}

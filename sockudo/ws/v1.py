@@ -8,7 +8,7 @@ exact text the wire carries (compact JSON, ``data`` encoded per the table of spe
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -53,6 +53,8 @@ class Subscribe:
     channel: str
     auth: str | None
     channel_data: str | None
+    options: dict[str, Any] | None = field(default=None, compare=False)
+    """The whole ``data`` object: V2 reads ``filter``, ``rewind``, ``delta``, ``modes`` from it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,11 @@ def parse_frame(raw: str | bytes) -> Command:
         raise FrameError(MALFORMED, "Invalid JSON") from None
     if not isinstance(envelope, dict):
         raise FrameError(MALFORMED, "A frame must be a JSON object")
+    return parse_envelope(envelope)
+
+
+def parse_envelope(envelope: dict[str, Any]) -> Command:
+    """A decoded frame (``event``, ``channel``, ``data``; any wire format) → a typed command."""
     event = envelope.get("event")
     if not isinstance(event, str) or not event:
         raise FrameError(MALFORMED, "A frame requires a non-empty 'event' string")
@@ -152,7 +159,10 @@ def parse_frame(raw: str | bytes) -> Command:
         channel = _channel(data, event)
         assert isinstance(data, dict)
         return Subscribe(
-            channel, _opt_str(data, "auth", event), _opt_str(data, "channel_data", event)
+            channel,
+            _opt_str(data, "auth", event),
+            _opt_str(data, "channel_data", event),
+            options=data,
         )
     if event == "pusher:unsubscribe":
         data = _data_object(envelope, event)

@@ -196,15 +196,6 @@ async def test_protocol_omitted_or_v1_with_format_is_v1(node: NodeProcess) -> No
             await established(ws)
 
 
-async def test_protocol_2_is_refused_until_v2_exists(node: NodeProcess) -> None:
-    async with connect(ws_url(node, query="protocol=2")) as ws:
-        assert (await recv(ws))["data"]["code"] == 4007
-        with pytest.raises(ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), TIMEOUT)
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == 4007
-
-
 async def test_server_ping_after_inactivity_and_4200_on_shutdown(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node", extra_env={"ACTIVITY_TIMEOUT": "1"})
     node.start()

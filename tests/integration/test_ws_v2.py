@@ -1,0 +1,239 @@
+"""Protocol V2 end to end in every wire format: negotiation, prefixes, broadcast metadata, echo.
+
+Frames are decoded with ``sockudo.ws.wire`` (itself checked against the sockudo-python decoders
+in ``tests/unit/test_wire.py``); the real client drives the conformance suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from sockudo.auth import sign_channel_auth
+from sockudo.ws import wire
+from tests.support.api import SignedClient
+from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess
+from tests.support.ws import BACKENDS, TIMEOUT, closed_with, node_for_backend, publish, ws_url
+
+FORMATS: list[wire.WireFormat] = ["json", "msgpack", "protobuf"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeProcess]:
+    yield from node_for_backend(request, Path(tmp_path_factory.mktemp("v2")) / "node")
+
+
+@pytest.fixture(scope="module")
+def api(node: NodeProcess) -> Iterator[SignedClient]:
+    client = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+    yield client
+    client.close()
+
+
+class V2:
+    """A raw V2 connection in one wire format."""
+
+    def __init__(self, ws: ClientConnection, fmt: wire.WireFormat) -> None:
+        self.ws = ws
+        self.fmt = fmt
+        self.socket_id = ""
+
+    async def recv(self) -> wire.Envelope:
+        raw = await asyncio.wait_for(self.ws.recv(), TIMEOUT)
+        if self.fmt == "json":
+            assert isinstance(raw, str), "json frames are text"
+        else:
+            assert isinstance(raw, bytes), f"{self.fmt} frames are binary"
+        return wire.decode(raw, self.fmt)
+
+    async def send(self, event: str, data: Any = None, channel: str | None = None) -> None:
+        env = wire.Envelope(
+            event=event,
+            channel=channel,
+            data=None if data is None else wire.Data.of_value(data),
+        )
+        await self.ws.send(wire.encode(env, self.fmt))
+
+    async def established(self) -> str:
+        env = await self.recv()
+        assert env.event == "sockudo:connection_established"
+        assert env.data is not None
+        assert env.data.kind == "string"  # a JSON *string*, as on V1 (spec 02 §3)
+        inner = json.loads(str(env.data.value))
+        self.socket_id = inner["socket_id"]
+        assert inner["activity_timeout"] == 120
+        return self.socket_id
+
+    async def subscribe(self, channel: str, **extra: Any) -> wire.Envelope:
+        await self.send("sockudo:subscribe", {"channel": channel, "auth": "", **extra})
+        return await self.recv()
+
+
+def v2_url(node: NodeProcess, fmt: str, extra: str = "") -> str:
+    return ws_url(node, query=f"protocol=2&format={fmt}{extra}")
+
+
+def value(env: wire.Envelope) -> Any:
+    assert env.data is not None
+    return env.data.to_value()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_subscribe_and_receive_with_v2_metadata(
+    node: NodeProcess, api: SignedClient, fmt: wire.WireFormat
+) -> None:
+    channel = f"orders-v2-{fmt}"
+    async with connect(v2_url(node, fmt)) as raw:
+        c = V2(raw, fmt)
+        await c.established()
+        ack = await c.subscribe(channel)
+        assert ack.event == "sockudo_internal:subscription_succeeded"
+        assert ack.channel == channel
+        # Never published to: no stream yet, so neither stream_id nor serial (spec 02 §3).
+        assert (ack.stream_id, ack.serial) == (None, None)
+        assert json.loads(value(ack)) == {"attach_serial": 0}
+
+        result = await publish(
+            api,
+            {
+                "name": "order.created",
+                "channel": channel,
+                "data": '{"id":7}',
+                "tags": {"region": "eu"},
+                "extras": {"headers": {"tenant": "acme", "sockudo_action": "spoof"}},
+                "info": "subscription_count",
+            },
+        )
+        ack_of_publish = result["channels"][channel]
+        msg = await c.recv()
+        assert (msg.event, msg.channel) == ("order.created", channel)
+        assert value(msg) == {"id": 7}  # a string holding an object is delivered parsed (§2.4)
+        assert msg.message_id == ack_of_publish["message_id"]
+        assert msg.stream_id == ack_of_publish["stream_id"]
+        assert msg.serial == ack_of_publish["delivery_serial"] == 1
+        assert msg.extras is not None
+        assert msg.extras.headers == {"tenant": "acme"}  # publisher sockudo_* stripped
+        if fmt != "protobuf":  # the protobuf clients ignore tags (spec 02 §2.3)
+            assert msg.tags == {"region": "eu"}
+
+        await publish(api, {"name": "plain", "channel": channel, "data": "just text"})
+        second = await c.recv()
+        assert (value(second), second.serial) == ("just text", 2)
+
+    # A later subscriber attaches at the head.
+    async with connect(v2_url(node, fmt)) as raw:
+        c = V2(raw, fmt)
+        await c.established()
+        ack = await c.subscribe(channel)
+        assert ack.stream_id == msg.stream_id
+        assert ack.serial == 2
+        assert json.loads(value(ack)) == {"attach_serial": 2}
+
+
+async def test_one_publish_is_shaped_per_protocol(node: NodeProcess, api: SignedClient) -> None:
+    channel = "mixed-protocols"
+    async with connect(ws_url(node)) as v1_ws, connect(v2_url(node, "json")) as v2_ws:
+        await v1_ws.recv()
+        c = V2(v2_ws, "json")
+        await c.established()
+        await v1_ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+        await v1_ws.recv()
+        await c.subscribe(channel)
+        await publish(api, {"name": "e", "channel": channel, "data": {"a": 1}, "tags": {"t": "1"}})
+        v1_frame = json.loads(await asyncio.wait_for(v1_ws.recv(), TIMEOUT))
+        assert v1_frame == {"event": "e", "channel": channel, "data": '{"a":1}'}
+        v2_frame = await c.recv()
+        assert value(v2_frame) == {"a": 1}
+        assert v2_frame.serial == 1
+
+
+@pytest.mark.parametrize("echo", [True, False])
+async def test_client_event_echo(node: NodeProcess, echo: bool) -> None:
+    channel = f"private-echo-{echo}"
+    query = "" if echo else "&echo_messages=false"
+    async with connect(v2_url(node, "json", query)) as a_ws, connect(v2_url(node, "json")) as b_ws:
+        a, b = V2(a_ws, "json"), V2(b_ws, "json")
+        for c in (a, b):
+            sid = await c.established()
+            auth = sign_channel_auth(APP_KEY, APP_SECRET, sid, channel)
+            await c.send("sockudo:subscribe", {"channel": channel, "auth": auth})
+            assert (await c.recv()).event == "sockudo_internal:subscription_succeeded"
+        await a.send("client-typing", {"on": True}, channel=channel)
+        got = await b.recv()
+        assert (got.event, value(got)) == ("client-typing", {"on": True})
+        assert got.serial == 1
+        if echo:
+            mine = await a.recv()
+            assert mine.message_id == got.message_id
+        else:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(a.ws.recv(), 0.5)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_heartbeat_and_errors_use_the_v2_prefix(
+    node: NodeProcess, fmt: wire.WireFormat
+) -> None:
+    async with connect(v2_url(node, fmt)) as raw:
+        c = V2(raw, fmt)
+        await c.established()
+        await c.send("sockudo:ping", {})
+        pong = await c.recv()
+        assert (pong.event, pong.serial, pong.message_id) == ("sockudo:pong", None, None)
+        await c.send("pusher:ping", {})
+        assert (await c.recv()).event == "sockudo:pong"
+        bad = await c.subscribe("bad channel!")
+        assert bad.event == "sockudo:error"
+        assert value(bad)["code"] == 4300
+        assert bad.channel == "bad channel!"
+        await c.send("no-prefix-event", {})  # ignored on V2, no 4301
+        await c.send("sockudo:ping", {})
+        assert (await c.recv()).event == "sockudo:pong"
+        await raw.send(b"\xc1garbage" if fmt != "json" else "not json")
+        undecodable = await c.recv()
+        assert (undecodable.event, value(undecodable)["code"]) == ("sockudo:error", 4000)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_admission_errors_are_encoded_in_the_negotiated_format(
+    node: NodeProcess, fmt: wire.WireFormat
+) -> None:
+    async with connect(ws_url(node, key="nope", query=f"protocol=2&format={fmt}")) as raw:
+        c = V2(raw, fmt)
+        error = await c.recv()
+        assert (error.event, value(error)["code"]) == ("sockudo:error", 4001)
+        assert await closed_with(raw) == 4001
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "protocol=2&format=xml",
+        "protocol=2&append_mode=sometimes",
+        "protocol=2&append_rollup_window=7",
+    ],
+)
+async def test_bad_v2_query_is_400(node: NodeProcess, query: str) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(ws_url(node, query=query)):
+            pass
+    assert refused.value.response.status_code == 400
+
+
+async def test_rewind_on_v1_is_4300(node: NodeProcess) -> None:
+    async with connect(ws_url(node)) as ws:
+        await ws.recv()
+        await ws.send(
+            json.dumps({"event": "pusher:subscribe", "data": {"channel": "x-rw", "rewind": 5}})
+        )
+        frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert (frame["event"], frame["data"]["code"]) == ("pusher:error", 4300)
