@@ -218,8 +218,10 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
         h: int | None = None
         if ev.flags.persist:
             h = head.next_h
-            row = HistoryRow(_message_json(ev, head.stream_id, h), ts, ctx.offset)
+            row = HistoryRow(_message_json(ev, head.stream_id, h), ts, ctx.offset, d)
             kv.put(keys.HISTORY, keys.history_key(ck, head.generation, h), row.encode())
+            # Recovery replays by delivery serial (spec 02 §7.3): D → H of the stored row.
+            kv.put(keys.DELIVERY, keys.history_key(ck, head.generation, d), keys.u64(h))
             head.next_h = h + 1
             head.retained_count += 1
             head.retained_bytes += row.size
@@ -325,6 +327,9 @@ def _apply_retention(
 
 def _evict(kv: KV, head: StreamHead, key: bytes, serial: int, row: HistoryRow) -> None:
     kv.delete(keys.HISTORY, key)
+    if row.delivery_serial:
+        gen_prefix = key[:-8]  # CK ‖ generation; the history serial is the last 8 bytes
+        kv.delete(keys.DELIVERY, gen_prefix + keys.u64(row.delivery_serial))
     head.retained_count -= 1
     head.retained_bytes -= row.size
     head.evicted_through_serial = max(head.evicted_through_serial or 0, serial)
@@ -374,8 +379,9 @@ def _reset(state: ChannelState, ctx: RecordContext, ev: HistoryReset) -> FoldRes
 
 def _delete_generation(kv: KV, ck: bytes, head: StreamHead) -> None:
     gen_prefix = keys.history_gen_prefix(ck, head.generation)
-    for key, _ in list(kv.scan(keys.HISTORY, gen_prefix, keys.prefix_end(gen_prefix))):
-        kv.delete(keys.HISTORY, key)
+    for cf in (keys.HISTORY, keys.DELIVERY):
+        for key, _ in list(kv.scan(cf, gen_prefix, keys.prefix_end(gen_prefix))):
+            kv.delete(cf, key)
 
 
 def _purge(state: ChannelState, ctx: RecordContext, ev: HistoryPurged) -> FoldResult:

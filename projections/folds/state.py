@@ -133,20 +133,22 @@ class StreamHead:
         return replace(self)
 
 
-_ROW = struct.Struct(">QQ")
+_ROW = struct.Struct(">QQQ")
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryRow:
     """One retained history row: the stored V2 wire message and where it came from.
 
-    Stored as ``u64 published_at_ms ‖ u64 offset ‖ message JSON``; the JSON's byte length is
-    the row's ``payload_size_bytes`` and what byte retention counts.
+    Stored as ``u64 published_at_ms ‖ u64 offset ‖ u64 delivery serial ‖ message JSON``; the
+    JSON's byte length is the row's ``payload_size_bytes`` and what byte retention counts.
     """
 
     message_json: bytes
     published_at_ms: int
     offset: int
+    delivery_serial: int = 0
+    """The live V2 ``serial`` D the message was delivered with (0: not a channel message)."""
 
     @property
     def size(self) -> int:
@@ -158,12 +160,19 @@ class HistoryRow:
         return msg
 
     def encode(self) -> bytes:
-        return _ROW.pack(self.published_at_ms, self.offset) + self.message_json
+        return (
+            _ROW.pack(self.published_at_ms, self.offset, self.delivery_serial) + self.message_json
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> HistoryRow:
-        ts, offset = _ROW.unpack_from(raw)
-        return cls(message_json=bytes(raw[_ROW.size :]), published_at_ms=ts, offset=offset)
+        ts, offset, d = _ROW.unpack_from(raw)
+        return cls(
+            message_json=bytes(raw[_ROW.size :]),
+            published_at_ms=ts,
+            offset=offset,
+            delivery_serial=d,
+        )
 
 
 CACHE_TTL_MS = 3_600_000

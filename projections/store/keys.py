@@ -19,6 +19,8 @@ HISTORY = "history"
 OFFSETS = "offsets"
 DEDUP = "dedup"
 IDEM = "idem"
+DELIVERY = "delivery"
+"""``CK gen u64 D`` → u64 history serial of the row delivered as D (recovery replay)."""
 PRESENCE = "presence"
 """Connections in presence channels: ``CK user_id 0x00 incarnation 0x00 socket_id``."""
 PRESENCE_USERS = "presence_users"
@@ -41,6 +43,7 @@ COLUMN_FAMILIES: tuple[str, ...] = (
     OFFSETS,
     DEDUP,
     IDEM,
+    DELIVERY,
     PRESENCE,
     PRESENCE_USERS,
     BY_NODE,

@@ -22,7 +22,7 @@ from projections.store import keys
 
 _CKPT = struct.Struct(">QqI")
 
-FOLD_VERSION = 3
+FOLD_VERSION = 4
 """Bump whenever fold output changes: a projection written by another version is rebuilt."""
 
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from sockudo.config import Settings
 from sockudo.node.connections import ConnectionService
 from sockudo.node.hub import Hub
+from sockudo.node.replay import HotReplay
 from sockudo.node.services import ChannelService
 from sockudo.node.watchlist import Watchlists
 
@@ -27,6 +28,8 @@ class HttpContext:
     connections: ConnectionService | None = None
     """Log-backed socket actions (presence, client events); set by ``build_app``."""
     watchlists: Watchlists | None = None
+    hot: HotReplay = field(default_factory=HotReplay)
+    """The hot replay tier fanout fills (spec 02 §7.3)."""
 
     def __post_init__(self) -> None:
         if self.connections is None:

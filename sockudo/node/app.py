@@ -16,6 +16,7 @@ from sockudo.http import events, health, history, ops, users
 from sockudo.http.context import HttpContext
 from sockudo.http.errors import handle_exception, not_found
 from sockudo.node.hub import Hub
+from sockudo.node.replay import HotReplay
 from sockudo.node.services import ChannelService
 from sockudo.ws.endpoint import websocket_v1
 
@@ -25,6 +26,7 @@ def build_app(
     *,
     clock: Callable[[], float] = time.time,
     hub: Hub | None = None,
+    hot: HotReplay | None = None,
 ) -> Starlette:
     routes = [
         WebSocketRoute("/app/{app_key}", websocket_v1),
@@ -84,6 +86,10 @@ def build_app(
         },
     )
     app.state.ctx = HttpContext(
-        settings=channels.settings, channels=channels, clock=clock, hub=hub or Hub()
+        settings=channels.settings,
+        channels=channels,
+        clock=clock,
+        hub=hub or Hub(),
+        hot=hot or HotReplay(),
     )
     return app

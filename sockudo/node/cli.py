@@ -20,6 +20,7 @@ from sockudo.node.app import build_app
 from sockudo.node.connections import ConnectionService
 from sockudo.node.fanout import Fanout
 from sockudo.node.hub import Hub
+from sockudo.node.replay import HotReplay
 from sockudo.node.runtime import Runtime
 from sockudo.node.services import ChannelService
 
@@ -82,11 +83,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 async def run_node(settings: Settings) -> None:
     metrics.configure(str(settings.port))
     hub = Hub()
-    fanout = Fanout(hub)
+    hot = HotReplay()
+    fanout = Fanout(hub, hot)
     runtime = Runtime(settings, on_deliveries=fanout.deliver)
     await runtime.start()
     channels = ChannelService(runtime)
-    app = build_app(channels, hub=hub)
+    app = build_app(channels, hub=hub, hot=hot)
     await declare_orphans_dead(app.state.ctx.connections)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ from projections.folds.state import CLOSE_USER, MEMBER_ADDED, MEMBER_REMOVED, ME
 from sockudo import metrics
 from sockudo.events.users import USER_CHANNEL_PREFIX
 from sockudo.node.hub import Hub, Outbox
+from sockudo.node.replay import HotReplay
 from sockudo.ws.egress import Frame
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ RECONNECT = (4200, "Force reconnect requested by the app.")
 class Fanout:
     """Hands each delivery to the local sockets it is for."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, hot: HotReplay | None = None) -> None:
         self.hub = hub
+        self.hot = hot if hot is not None else HotReplay()
         self.frames_sent = 0
         self.slow_closed = 0
 
@@ -57,6 +59,7 @@ class Fanout:
             # MEMBER_UPDATED reaches V2 sockets once presence_update exists (spec 02 §12).
 
     def _message(self, d: Delivery) -> None:
+        self.hot.add(d)
         if d.channel.startswith(USER_CHANNEL_PREFIX):
             # User channels reach every socket of the user, subscribed or not (spec 01 §3.10).
             targets = self.hub.sockets_of_user(d.app_id, d.channel[len(USER_CHANNEL_PREFIX) :])

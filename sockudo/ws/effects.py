@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from projections.folds.state import IGNORED
 from projections.reads.presence import subscription_data
@@ -18,15 +17,17 @@ from sockudo.config import AppConfig
 from sockudo.errors import SockudoError
 from sockudo.node.connections import ClientEvent, ConnectionService
 from sockudo.node.hub import Hub, Outbox
+from sockudo.node.replay import HotReplay
 from sockudo.node.watchlist import Watchlists
-from sockudo.ws import v1
-from sockudo.ws.egress import Frame
+from sockudo.ws import streams, v1
 from sockudo.ws.session import (
     Attach,
     Effect,
+    History,
     PresenceJoin,
     PresenceLeave,
     PublishClientEvent,
+    Resume,
     SendCache,
     Session,
     SignedIn,
@@ -45,6 +46,7 @@ class SocketEnv:
     hub: Hub
     connections: ConnectionService
     watchlists: Watchlists
+    hot: HotReplay
 
 
 async def run(effect: Effect, env: SocketEnv) -> None:
@@ -78,8 +80,12 @@ async def run(effect: Effect, env: SocketEnv) -> None:
                 )
             case SignedIn():
                 _signed_in(effect, env)
-            case Attach(channel=channel):
-                env.outbox.offer(_success(env, channel, None))
+            case Attach(channel=channel, rewind=rewind):
+                streams.attach(env, channel, None, rewind)
+            case Resume(positions=positions):
+                streams.resume(env, positions)
+            case History(channel=channel, request=request):
+                streams.history(env, channel, request)
     except SockudoError as exc:
         # The log refused or timed out: tell this client, keep everyone else going.
         log.warning("effect %s of %s failed: %s", type(effect).__name__, env.outbox.socket_id, exc)
@@ -118,15 +124,8 @@ async def _presence_join(effect: PresenceJoin, env: SocketEnv) -> None:
             return
         env.hub.subscribe(session.socket_id, channel, member=effect.user_id)
     members = services.channels.presence_members(app, channel)
-    env.outbox.offer(_success(env, channel, subscription_data(members)))
-
-
-def _success(env: SocketEnv, channel: str, data: dict[str, Any] | None) -> Frame:
-    """``subscription_succeeded`` with the position read now, at the hub join (no await)."""
-    stream_id, head, attach = env.connections.channels.attach_position(env.app, channel)
-    if attach is not None:
-        data = {**(data or {}), "attach_serial": attach}
-    return env.outbox.egress.subscription_succeeded(channel, data, stream_id, head)
+    # The member list and the stream position are read now, at the hub join (no await).
+    streams.attach(env, channel, subscription_data(members), None)
 
 
 def _signed_in(effect: SignedIn, env: SocketEnv) -> None:

@@ -46,6 +46,8 @@ class Egress(Protocol):
     def message(self, d: Delivery) -> Frame: ...
     def cached_message(self, event: str, channel: str, data: str) -> Frame: ...
     def system(self, event: str, channel: str | None, data: Any) -> Frame: ...
+    def resume_failed(self, channel: str, failure: dict[str, Any]) -> Frame: ...
+    def resume_success(self, result: dict[str, Any]) -> Frame: ...
 
 
 class V1Egress:
@@ -97,12 +99,27 @@ class V1Egress:
             return v1.raw_data_message(d.event, d.channel, d.data, d.user_id)
         return v1.message(d.event, d.channel, d.data, d.user_id if d.client_event else None)
 
+    def resume_failed(self, channel: str, failure: dict[str, Any]) -> Frame:
+        return _resume_failed(self, channel, failure)
+
+    def resume_success(self, result: dict[str, Any]) -> Frame:
+        return self.system_text("resume_success", None, _COMPACT.encode(result))
+
+    def system_text(self, event: str, channel: str | None, text: str) -> Frame:
+        return self.system(event, channel, text)
+
     def system(self, event: str, channel: str | None, data: Any) -> Frame:
         frame: dict[str, Any] = {"event": f"pusher:{event}"}
         if channel is not None:
             frame["channel"] = channel
         frame["data"] = data
         return _COMPACT.encode(frame)
+
+
+def _resume_failed(egress: Any, channel: str, failure: dict[str, Any]) -> Frame:
+    # `data` is a JSON *string* carrying `channel` too (spec 02 §7.4).
+    frame: Frame = egress.system_text("resume_failed", channel, _COMPACT.encode(failure))
+    return frame
 
 
 def _strip_attach(data: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -136,6 +153,18 @@ class V2Egress:
                 data=None if data is None else Data.of_value(data),
             )
         )
+
+    def system_text(self, event: str, channel: str | None, text: str) -> Frame:
+        """``sockudo:<event>`` whose ``data`` is the JSON string ``text``."""
+        return self._frame(
+            Envelope(event=f"sockudo:{event}", channel=channel, data=Data.of_text(text))
+        )
+
+    def resume_failed(self, channel: str, failure: dict[str, Any]) -> Frame:
+        return _resume_failed(self, channel, failure)
+
+    def resume_success(self, result: dict[str, Any]) -> Frame:
+        return self.system_text("resume_success", None, _COMPACT.encode(result))
 
     def _internal(self, event: str, channel: str | None, data: Data | None) -> Frame:
         return self._frame(Envelope(event=f"sockudo_internal:{event}", channel=channel, data=data))

@@ -22,6 +22,8 @@ from sockudo import metrics, origins
 from sockudo.config import AppConfig, Settings
 from sockudo.node.connections import ConnectionService
 from sockudo.node.hub import Hub, Outbox
+from sockudo.node.replay import HotReplay
+from sockudo.node.services import app_history_enabled
 from sockudo.node.watchlist import Watchlists
 from sockudo.ws import effects
 from sockudo.ws.egress import V1, Egress, Frame
@@ -52,6 +54,7 @@ class WsContext(Protocol):
     clock: Callable[[], float]
     connections: ConnectionService | None
     watchlists: Watchlists | None
+    hot: HotReplay
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -86,6 +89,11 @@ def egress_for(protocol: int | None, params: dict[str, str]) -> Egress:
     fmt = normalize_format(params.get("format", ""))
     assert fmt is not None
     return v2_egress(fmt)
+
+
+def _recovery_enabled(app: AppConfig, settings: Settings) -> bool:
+    override = app.connection_recovery_enabled
+    return settings.connection_recovery_enabled if override is None else override
 
 
 def origin_allowed(app: AppConfig, origin: str) -> bool:
@@ -151,6 +159,11 @@ async def websocket_v1(websocket: WebSocket) -> None:
         now=time.monotonic(),
         user_authentication_timeout=settings.user_authentication_timeout,
         out=egress,
+        recovery_enabled=_recovery_enabled(app, settings),
+        history_enabled=app_history_enabled(app, settings),
+        rewind_enabled=settings.history_rewind_enabled
+        if app.history.rewind_enabled is None
+        else app.history.rewind_enabled,
     )
     hub.add(outbox)
     metrics.connection_opened(app.id)
@@ -158,7 +171,7 @@ async def websocket_v1(websocket: WebSocket) -> None:
     writer = asyncio.create_task(_write(websocket, outbox), name=f"ws-writer:{socket_id}")
     assert ctx.connections is not None
     assert ctx.watchlists is not None
-    env = effects.SocketEnv(app, session, outbox, hub, ctx.connections, ctx.watchlists)
+    env = effects.SocketEnv(app, session, outbox, hub, ctx.connections, ctx.watchlists, ctx.hot)
     try:
         await _read(websocket, env, writer, settings.websocket_max_payload_kb * 1024)
     finally:

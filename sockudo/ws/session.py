@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from projections.folds.state import Delivery
+from projections.reads.recovery import Position
 from sockudo.auth import verify_channel_auth, verify_user_auth
 from sockudo.channels import InvalidChannelName, validate_channel_name
 from sockudo.config import AppConfig
@@ -24,6 +27,8 @@ PONG_TIMEOUT_CODE = 4201
 PONG_TIMEOUT_REASON = "Pong reply not received in time"
 UNAUTHORIZED_TIMEOUT_REASON = "Connection not authorized within timeout."
 WATCHLIST_LIMIT = 100
+RESUME_PENDING_TTL_S = 10.0
+"""How long a resume position waits for its channel's subscribe (spec 02 §7.6)."""
 RESERVED_PREFIXES = ("pusher:", "pusher_internal:", "sockudo:", "sockudo_internal:")
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -67,10 +72,34 @@ class PublishClientEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Rewind:
+    """``rewind`` of a V2 subscribe: the newest ``count`` messages, or those of ``seconds``."""
+
+    count: int | None = None
+    seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Attach:
     """V2: answer a subscribe with the channel's position at the moment of the hub join."""
 
     channel: str
+    rewind: Rewind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """``sockudo:resume``: per-channel positions to recover (spec 02 §7)."""
+
+    positions: dict[str, Position]
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """``sockudo:channel_history`` over the WebSocket (spec 02 §8)."""
+
+    channel: str
+    request: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +110,16 @@ class SignedIn:
     watchlist: tuple[str, ...]
 
 
-Effect = PresenceJoin | PresenceLeave | SendCache | PublishClientEvent | SignedIn | Attach
+Effect = (
+    PresenceJoin
+    | PresenceLeave
+    | SendCache
+    | PublishClientEvent
+    | SignedIn
+    | Attach
+    | Resume
+    | History
+)
 
 
 @dataclass(slots=True)
@@ -108,6 +146,9 @@ class Session:
         pong_timeout: float = PONG_TIMEOUT_S,
         user_authentication_timeout: int = 3600,
         out: Egress = V1,
+        recovery_enabled: bool = True,
+        history_enabled: bool = True,
+        rewind_enabled: bool = True,
     ) -> None:
         self.socket_id = socket_id
         self.out = out
@@ -128,6 +169,15 @@ class Session:
             now + user_authentication_timeout if app.features.enable_user_authentication else None
         )
         self._client_events: deque[float] = deque()
+        self.recovery_enabled = recovery_enabled
+        self.history_enabled = history_enabled
+        self.rewind_enabled = rewind_enabled
+        self.attached: dict[str, tuple[int, int | None]] = {}
+        """V2 channels → (delivery head, history head) captured at their hub join."""
+        self.predicates: dict[str, Callable[[Delivery], bool]] = {}
+        """V2 subscription predicates by channel (spec 02 §5.4)."""
+        self.pending: dict[str, tuple[Position, float]] = {}
+        """Resume positions waiting for their channel's subscribe → (position, deadline)."""
 
     def opening(self) -> Frame:
         return self.out.connection_established(self.socket_id, self.activity_timeout)
@@ -139,14 +189,24 @@ class Session:
             heartbeat = self.ping_sent_at + self.pong_timeout
         else:
             heartbeat = self.last_activity + self.activity_timeout
+        deadline = heartbeat
         if self.authorize_by is not None:
-            return min(heartbeat, self.authorize_by)
-        return heartbeat
+            deadline = min(deadline, self.authorize_by)
+        if self.pending:
+            deadline = min(deadline, min(d for _, d in self.pending.values()))
+        return deadline
 
     def tick(self, now: float) -> Reply:
         """Close unauthorized sockets; ping after inactivity; give up on an unanswered ping."""
         if self.authorize_by is not None and now >= self.authorize_by:
             return Reply(close=(v1.UNAUTHORIZED, UNAUTHORIZED_TIMEOUT_REASON))
+        expired = [ch for ch, (_, deadline) in self.pending.items() if now >= deadline]
+        if expired:
+            frames = []
+            for channel in expired:
+                del self.pending[channel]
+                frames.append(self.out.resume_failed(channel, not_attached(channel)))
+            return Reply(frames=frames)
         if self.ping_sent_at is not None:
             if now >= self.ping_sent_at + self.pong_timeout:
                 return Reply(close=(PONG_TIMEOUT_CODE, PONG_TIMEOUT_REASON))
@@ -190,12 +250,18 @@ class Session:
                 return self._signin(command)
             case v1.ClientEvent():
                 return self._client_event(command, now)
+            case v1.UnknownEvent(event="channel_history", data=data):
+                return self._history(data)
             case v1.UnknownEvent():
                 if self.out.protocol == 2:
                     return Reply()  # ignored silently on V2 (spec 02 §1.3)
                 raise v1.FrameError(
                     v1.CLIENT_EVENT_ERROR, "Client event names must start with 'client-'"
                 )
+            case v1.IgnoredSystemEvent(event="pusher:resume", data=data):
+                return self._resume(data)
+            case v1.IgnoredSystemEvent(event="pusher:channel_history", data=data):
+                return self._history(data)
             case v1.IgnoredSystemEvent():
                 return Reply()
         raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
@@ -233,7 +299,7 @@ class Session:
             self._authorized()
         if self.out.protocol == 2:
             # The success frame carries the stream position at the hub join (spec 02 §5.3).
-            reply = Reply(effects=[Attach(channel)])
+            reply = Reply(effects=[Attach(channel, self._rewind(command))])
         else:
             reply = Reply(frames=[self.out.subscription_succeeded(channel)])
         if info.cache:
@@ -275,7 +341,21 @@ class Session:
         self.channels.add(channel)
         return Reply(effects=[PresenceJoin(channel, user_id, info_json)])
 
+    def _rewind(self, command: v1.Subscribe) -> Rewind | None:
+        """The validated ``rewind`` option of a V2 subscribe (spec 02 §5.2, §5.6)."""
+        options = command.options or {}
+        if "rewind" not in options:
+            return None
+        rewind = parse_rewind(options["rewind"], command.channel)
+        if not (self.history_enabled and self.rewind_enabled):
+            raise v1.FrameError(
+                v1.CHANNEL_ERROR, "Channel rewind is disabled for this channel", command.channel
+            )
+        return rewind
+
     def _unsubscribe(self, channel: str) -> Reply:
+        self.pending.pop(channel, None)
+        self.attached.pop(channel, None)
         if channel not in self.channels:
             return Reply()
         self.channels.discard(channel)
@@ -284,6 +364,36 @@ class Session:
         if user_id is not None:
             reply.effects.append(PresenceLeave(channel, user_id, "unsubscribe"))
         return reply
+
+    # --- recovery and history (V2) -------------------------------------------------------------
+
+    def _resume(self, data: Any) -> Reply:
+        if self.out.protocol != 2:
+            raise v1.FrameError(v1.CLIENT_EVENT_ERROR, "Connection recovery requires protocol V2")
+        if not self.recovery_enabled:
+            raise v1.FrameError(v1.CLIENT_EVENT_ERROR, "Connection recovery is not enabled")
+        positions = parse_resume(data)
+        if not positions:
+            raise v1.FrameError(v1.WATCHLIST_LIMIT, "No channel recovery positions provided")
+        return Reply(effects=[Resume(positions)])
+
+    def _history(self, data: Any) -> Reply:
+        if self.out.protocol != 2:
+            raise v1.FrameError(v1.MALFORMED, "channel_history requires protocol V2")
+        request = _object(data, "channel_history")
+        params = request.get("params")
+        if isinstance(params, dict):
+            request = {**request, **params}
+        channel = request.get("channel")
+        if not isinstance(channel, str) or not channel:
+            raise v1.FrameError(v1.MALFORMED, "channel_history requires a 'channel' string")
+        if channel not in self.channels:
+            raise v1.FrameError(
+                v1.CLIENT_EVENT_ERROR, f"Not subscribed to channel {channel}", channel
+            )
+        if not self.history_enabled:
+            raise v1.FrameError(v1.CHANNEL_ERROR, "History is disabled for this channel", channel)
+        return Reply(effects=[History(channel, request)])
 
     def presence_failed(self, channel: str) -> None:
         """The join was refused or could not be appended: the socket is not in the channel."""
@@ -427,3 +537,87 @@ def decode_v2(raw: str | bytes, fmt: wire.WireFormat) -> dict[str, Any]:
         raise v1.FrameError(v1.MALFORMED, f"Undecodable frame: {exc}") from None
     data = env.data.to_value() if env.data is not None else None
     return {"event": env.event, "channel": env.channel, "data": data}
+
+
+def _object(data: Any, what: str) -> dict[str, Any]:
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise v1.FrameError(v1.MALFORMED, f"'data' of {what} must be an object") from None
+    if not isinstance(data, dict):
+        raise v1.FrameError(v1.MALFORMED, f"'data' of {what} must be an object")
+    return data
+
+
+def _serial(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        return None
+    return value
+
+
+def parse_resume(data: Any) -> dict[str, Position]:
+    """``channel_positions`` (or legacy ``channel_serials``) of ``sockudo:resume`` (§7.2)."""
+    body = _object(data, "resume")
+    out: dict[str, Position] = {}
+    positions = body.get("channel_positions")
+    legacy = body.get("channel_serials")
+    if positions is None and legacy is None:
+        raise v1.FrameError(v1.MALFORMED, "resume requires channel_positions")
+    if positions is not None:
+        if not isinstance(positions, dict):
+            raise v1.FrameError(v1.MALFORMED, "channel_positions must be an object")
+        for channel, pos in positions.items():
+            if not isinstance(pos, dict) or _serial(pos.get("serial")) is None:
+                raise v1.FrameError(v1.MALFORMED, f"position of {channel} needs a serial")
+            stream_id, last = pos.get("stream_id"), pos.get("last_message_id")
+            if not isinstance(stream_id, str | None) or not isinstance(last, str | None):
+                raise v1.FrameError(v1.MALFORMED, f"position of {channel} is malformed")
+            out[channel] = Position(int(pos["serial"]), stream_id, last)
+    if legacy is not None:
+        if not isinstance(legacy, dict):
+            raise v1.FrameError(v1.MALFORMED, "channel_serials must be an object")
+        for channel, serial in legacy.items():
+            if _serial(serial) is None:
+                raise v1.FrameError(v1.MALFORMED, f"serial of {channel} is malformed")
+            out.setdefault(channel, Position(int(serial), legacy=True))
+    return out
+
+
+def parse_rewind(value: Any, channel: str) -> Rewind:
+    """``10``, ``"10"``, ``{"count": 10}``, ``{"seconds": 30}``, ``{"duration_seconds": 30}``."""
+
+    def positive(v: Any) -> int | None:
+        if isinstance(v, str) and v.isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            return None
+        return v
+
+    if isinstance(value, dict):
+        for key, kind in (
+            ("count", "count"),
+            ("seconds", "seconds"),
+            ("duration_seconds", "seconds"),
+        ):
+            if key in value:
+                n = positive(value[key])
+                if n is not None:
+                    return Rewind(count=n) if kind == "count" else Rewind(seconds=n)
+    else:
+        n = positive(value)
+        if n is not None:
+            return Rewind(count=n)
+    raise v1.FrameError(v1.MALFORMED, "rewind must be a positive count or {seconds: n}", channel)
+
+
+def not_attached(channel: str) -> dict[str, Any]:
+    return {
+        "channel": channel,
+        "code": "not_subscribed",
+        "reason": "channel_not_attached",
+        "expected_stream_id": None,
+        "current_stream_id": None,
+        "oldest_available_serial": None,
+        "newest_available_serial": None,
+    }

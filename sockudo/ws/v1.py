@@ -77,9 +77,13 @@ class ClientEvent:
 
 @dataclass(frozen=True, slots=True)
 class IgnoredSystemEvent:
-    """A ``pusher:*`` name we do not know: ignored without a reply (spec 01 §10 item 27)."""
+    """A ``pusher:*`` name we do not know: ignored without a reply (spec 01 §10 item 27).
+
+    V2 reads some of them (``resume``, ``channel_history``), hence ``data``.
+    """
 
     event: str
+    data: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,7 @@ class UnknownEvent:
     """Neither a system nor a ``client-`` name: V1 answers 4301 (DESIGN, unknown event names)."""
 
     event: str
+    data: Any = field(default=None, compare=False)
 
 
 Command = (
@@ -177,11 +182,11 @@ def parse_envelope(envelope: dict[str, Any]) -> Command:
             raise FrameError(MALFORMED, f"'data' of {event} must be an object")
         return Signin(_opt_str(data, "auth", event), _opt_str(data, "user_data", event))
     if event.startswith(_SYSTEM_PREFIXES):
-        return IgnoredSystemEvent(event)
+        return IgnoredSystemEvent(event, envelope.get("data"))
     if event.startswith("client-"):
         target = envelope.get("channel")
         return ClientEvent(event, target if isinstance(target, str) else None, envelope.get("data"))
-    return UnknownEvent(event)
+    return UnknownEvent(event, envelope.get("data"))
 
 
 # --- outbound builders ------------------------------------------------------------------------

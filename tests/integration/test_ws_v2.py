@@ -237,3 +237,213 @@ async def test_rewind_on_v1_is_4300(node: NodeProcess) -> None:
         )
         frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
         assert (frame["event"], frame["data"]["code"]) == ("pusher:error", 4300)
+
+
+# --- recovery, rewind, history over the WebSocket (spec 02 §5.6, §7, §8) -------------------------
+
+
+async def _publish_n(api: SignedClient, channel: str, start: int, n: int) -> None:
+    for i in range(start, start + n):
+        await publish(api, {"name": "tick", "channel": channel, "data": {"i": i}})
+
+
+async def _client(node: NodeProcess, fmt: wire.WireFormat = "json") -> tuple[Any, V2]:
+    cm = connect(v2_url(node, fmt))
+    raw = await cm.__aenter__()
+    c = V2(raw, fmt)
+    await c.established()
+    return cm, c
+
+
+def _json_data(env: wire.Envelope) -> Any:
+    data = value(env)
+    return json.loads(data) if isinstance(data, str) else data
+
+
+@pytest.mark.parametrize("resume_first", [True, False])
+async def test_resume_replays_the_gap_once_in_order(
+    node: NodeProcess, api: SignedClient, resume_first: bool
+) -> None:
+    channel = f"resume-{resume_first}"
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        await c.established()
+        await c.subscribe(channel)
+        await _publish_n(api, channel, 1, 2)
+        seen = [await c.recv() for _ in range(2)]
+    last = seen[-1]
+    await _publish_n(api, channel, 3, 3)  # missed while away
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        await c.established()
+        resume = {
+            "channel_positions": {
+                channel: {
+                    "stream_id": last.stream_id,
+                    "serial": last.serial,
+                    "last_message_id": last.message_id,
+                }
+            }
+        }
+        frames: list[wire.Envelope] = []
+        if resume_first:
+            await c.send("sockudo:resume", resume)
+            pending = await c.recv()
+            assert pending.event == "sockudo:resume_success"
+            assert _json_data(pending)["pending"] == [channel]
+            ack = await c.subscribe(channel)
+        else:
+            ack = await c.subscribe(channel)
+            await c.send("sockudo:resume", resume)
+        assert ack.event == "sockudo_internal:subscription_succeeded"
+        assert ack.serial == 5
+        for _ in range(4):
+            frames.append(await c.recv())
+        await publish(api, {"name": "live", "channel": channel, "data": "after"})
+        live = await c.recv()
+    replayed = [f for f in frames if f.event == "tick"]
+    assert [f.serial for f in replayed] == [3, 4, 5]
+    assert [value(f) for f in replayed] == [{"i": 3}, {"i": 4}, {"i": 5}]
+    [success] = [f for f in frames if f.event == "sockudo:resume_success"]
+    [recovered] = _json_data(success)["recovered"]
+    assert recovered["channel"] == channel
+    assert recovered["replayed"] == 3
+    assert recovered["position"]["serial"] == 5
+    assert recovered["position"]["stream_id"] == last.stream_id
+    assert (live.event, live.serial) == ("live", 6)
+
+
+async def test_resume_after_reset_fails_with_stream_reset(
+    node: NodeProcess, api: SignedClient
+) -> None:
+    channel = "resume-reset"
+    await _publish_n(api, channel, 1, 2)
+    state = api.history_state(channel).json()
+    old_stream = state["stream"]["stream_id"]
+    reset = await asyncio.to_thread(
+        api.request,
+        "POST",
+        f"/apps/{APP_ID}/channels/{channel}/history/reset",
+        body=json.dumps(
+            {"confirm_operation": "reset", "confirm_channel": channel, "reason": "test"}
+        ).encode(),
+    )
+    assert reset.status_code == 200, reset.text
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        await c.established()
+        await c.subscribe(channel)
+        await c.send(
+            "sockudo:resume",
+            {"channel_positions": {channel: {"stream_id": old_stream, "serial": 2}}},
+        )
+        failed = await c.recv()
+        assert failed.event == "sockudo:resume_failed"
+        body = _json_data(failed)
+        assert (body["channel"], body["code"], body["reason"]) == (
+            channel,
+            "stream_reset",
+            "stream_id_mismatch",
+        )
+        success = await c.recv()
+        assert _json_data(success)["failed"][0]["code"] == "stream_reset"
+
+
+async def test_resume_errors(node: NodeProcess) -> None:
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        await c.established()
+        await c.send("sockudo:resume", {"channel_positions": {}})
+        assert value(await c.recv())["code"] == 4302
+        await c.send("sockudo:resume", {"channel_positions": {"x": {"stream_id": "s"}}})
+        assert value(await c.recv())["code"] == 4000
+
+
+async def test_rewind_then_live(node: NodeProcess, api: SignedClient) -> None:
+    channel = "rewind-count"
+    await _publish_n(api, channel, 1, 5)
+    async with connect(v2_url(node, "msgpack")) as raw:
+        c = V2(raw, "msgpack")
+        await c.established()
+        ack = await c.subscribe(channel, rewind=3)
+        assert ack.serial == 5
+        rewound = [await c.recv() for _ in range(3)]
+        assert [f.serial for f in rewound] == [3, 4, 5]
+        done = await c.recv()
+        assert done.event == "sockudo:rewind_complete"
+        assert value(done) == {
+            "historical_count": 3,
+            "live_count": 0,
+            "complete": True,
+            "truncated_by_retention": False,
+            "truncated_by_limit": False,
+        }
+        await publish(api, {"name": "tick", "channel": channel, "data": {"i": 6}})
+        assert (await c.recv()).serial == 6
+        bad = await c.subscribe("rewind-bad", rewind=-1)
+        assert (bad.event, value(bad)["code"]) == ("sockudo:error", 4000)
+
+
+async def test_channel_history_until_attach(node: NodeProcess, api: SignedClient) -> None:
+    channel = "ws-history"
+    await _publish_n(api, channel, 1, 3)
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        await c.established()
+        not_subscribed = await c.send("sockudo:channel_history", {"channel": channel})
+        assert not_subscribed is None
+        assert value(await c.recv())["code"] == 4301
+        await c.subscribe(channel)
+        await _publish_n(api, channel, 4, 1)  # after attach: excluded by until_attach
+        assert (await c.recv()).serial == 4
+        await c.send(
+            "sockudo:channel_history",
+            {"channel": channel, "until_attach": True, "limit": 2, "request_id": "r1"},
+        )
+        page = await c.recv()
+        assert (page.event, page.channel) == ("sockudo:channel_history", channel)
+        body = value(page)
+        assert [item["serial"] for item in body["items"]] == [3, 2]
+        assert body["has_more"] is True
+        assert body["bounds"]["until_attach"] is True
+        assert body["bounds"]["attach_serial"] == 3
+        assert body["request_id"] == "r1"
+        await c.send(
+            "sockudo:channel_history",
+            {"channel": channel, "until_attach": True, "cursor": body["next_cursor"], "limit": 2},
+        )
+        rest = value(await c.recv())
+        assert [item["serial"] for item in rest["items"]] == [1]
+        await c.send("sockudo:channel_history", {"channel": channel, "direction": "sideways"})
+        assert value(await c.recv())["code"] == 4000
+
+
+async def test_resume_from_the_durable_tier_after_a_restart(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    request.param = "embedded"  # type: ignore[attr-defined]
+    nodes = node_for_backend(request, tmp_path / "node")
+    node = next(nodes)
+    api = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+    try:
+        channel = "cold-resume"
+        await _publish_n(api, channel, 1, 4)
+        stream_id = api.history_state(channel).json()["stream"]["stream_id"]
+        node.stop()
+        node.start()  # the hot tier is gone; the projection is not
+        async with connect(v2_url(node, "protobuf")) as raw:
+            c = V2(raw, "protobuf")
+            await c.established()
+            await c.subscribe(channel)
+            await c.send(
+                "sockudo:resume",
+                {"channel_positions": {channel: {"stream_id": stream_id, "serial": 1}}},
+            )
+            replay = [await c.recv() for _ in range(3)]
+            assert [f.serial for f in replay] == [2, 3, 4]
+            success = _json_data(await c.recv())
+            assert success["recovered"][0]["source"] == "cold"
+    finally:
+        api.close()
+        for _ in nodes:
+            pass

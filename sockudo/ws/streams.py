@@ -1,0 +1,311 @@
+"""V2 stream positions on one socket: attach, rewind, resume and history over the WebSocket.
+
+Every function here is synchronous on purpose. It reads the committed projection and enqueues
+frames without yielding to the event loop, so no live delivery can interleave: the replay of a
+resume or rewind and the ``subscription_succeeded`` of an attach sit exactly at the log position
+the projection shows, and later messages reach the socket through fanout, after them (spec 02
+§5.3, §7.5 — the "held" live messages of the spec are simply not delivered yet).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from projections.folds.state import HEALTHY, HistoryRow
+from projections.reads import history as history_reads
+from projections.reads import recovery
+from projections.reads.history import HistoryQuery
+from projections.store import keys
+from sockudo.errors import ApiError, StreamNotHealthy
+from sockudo.node.replay import MAX_BUFFER_SIZE
+from sockudo.node.services import app_history_enabled
+from sockudo.ws import v1
+from sockudo.ws.session import RESUME_PENDING_TTL_S, Rewind, not_attached
+
+SCAN_FACTOR = 16
+"""Rewind scans at most this many times ``max_page_size`` stored rows (spec 02 §5.6)."""
+
+_DIRECTIONS = {
+    "newest_first": history_reads.NEWEST_FIRST,
+    "backwards": history_reads.NEWEST_FIRST,
+    "reverse": history_reads.NEWEST_FIRST,
+    "oldest_first": history_reads.OLDEST_FIRST,
+    "forwards": history_reads.OLDEST_FIRST,
+    "forward": history_reads.OLDEST_FIRST,
+}
+
+
+def attach(env: Any, channel: str, data: dict[str, Any] | None, rewind: Rewind | None) -> None:
+    """Success frame at the current position, then a pending resume or the rewind."""
+    services = env.connections.channels
+    stream_id, head, attach_serial = services.attach_position(env.app, channel)
+    if rewind is not None and not _healthy(env, channel):
+        # Fail closed before anything is delivered (spec 02 §5.2): undo the join.
+        env.hub.unsubscribe(env.session.socket_id, channel)
+        env.session.channels.discard(channel)
+        env.outbox.offer(
+            env.outbox.egress.error(v1.CHANNEL_ERROR, "Channel history is not available", channel)
+        )
+        return
+    if attach_serial is not None:
+        data = {**(data or {}), "attach_serial": attach_serial}
+    egress = env.outbox.egress
+    env.outbox.offer(egress.subscription_succeeded(channel, data, stream_id, head))
+    if egress.protocol != 2:
+        return
+    env.session.attached[channel] = (head, attach_serial)
+    resumed = False
+    pending = env.session.pending.pop(channel, None)
+    if pending is not None:
+        position, deadline = pending
+        if time.monotonic() < deadline:
+            result = _evaluate(env, channel, position, upto=head)
+            resumed = isinstance(result, recovery.Recovered)
+            summary = _send_result(env, channel, result)
+            env.outbox.offer(egress.resume_success(_aggregate([summary], [])))
+        else:
+            env.outbox.offer(egress.resume_failed(channel, not_attached(channel)))
+    if rewind is not None:
+        if resumed:
+            env.outbox.offer(
+                egress.system(
+                    "rewind_complete",
+                    channel,
+                    {
+                        "historical_count": 0,
+                        "live_count": 0,
+                        "complete": True,
+                        "truncated_by_retention": False,
+                        "truncated_by_limit": False,
+                        "superseded_by_resume": True,
+                    },
+                )
+            )
+        else:
+            _rewind(env, channel, rewind)
+
+
+def resume(env: Any, positions: dict[str, recovery.Position]) -> None:
+    """Replay attached channels now; park the others until they are subscribed (§7.5, §7.6)."""
+    summaries: list[tuple[str, dict[str, Any]]] = []
+    pending: list[str] = []
+    deadline = time.monotonic() + RESUME_PENDING_TTL_S
+    for channel, position in positions.items():
+        attached = env.session.attached.get(channel)
+        if attached is None:
+            env.session.pending[channel] = (position, deadline)
+            pending.append(channel)
+            continue
+        result = _evaluate(env, channel, position, upto=attached[0])
+        summaries.append(_send_result(env, channel, result))
+    env.outbox.offer(env.outbox.egress.resume_success(_aggregate(summaries, pending)))
+
+
+def _evaluate(
+    env: Any, channel: str, position: recovery.Position, *, upto: int
+) -> recovery.Recovered | recovery.Failed:
+    services = env.connections.channels
+    store = services.runtime.store
+    assert store is not None
+    return recovery.evaluate(
+        store,
+        env.app.id,
+        channel,
+        position,
+        hot=env.hot.get(env.app.id, channel),
+        upto=upto,
+        max_buffer=MAX_BUFFER_SIZE,
+        history_enabled=app_history_enabled(env.app, services.settings),
+        stalled=services._stall(env.app.id, channel) is not None,
+    )
+
+
+def _send_result(
+    env: Any, channel: str, result: recovery.Recovered | recovery.Failed
+) -> tuple[str, dict[str, Any]]:
+    """Send the replay (or the failure); the entry for the aggregate ``resume_success``."""
+    egress = env.outbox.egress
+    if isinstance(result, recovery.Failed):
+        failure = result.as_dict(channel)
+        env.outbox.offer(egress.resume_failed(channel, failure))
+        return "failed", failure
+    predicate = env.session.predicates.get(channel)
+    replayed = 0
+    for d in result.deliveries:
+        if predicate is not None and not predicate(d):
+            continue
+        if not env.outbox.offer(egress.message(d)):
+            env.outbox.request_close(4100, "Over capacity")
+            break
+        replayed += 1
+    return "recovered", {
+        "channel": channel,
+        "source": result.source,
+        "replayed": replayed,
+        "position": {
+            "stream_id": result.stream_id,
+            "serial": result.head,
+            "last_message_id": result.head_message_id,
+        },
+    }
+
+
+def _aggregate(summaries: list[tuple[str, dict[str, Any]]], pending: list[str]) -> dict[str, Any]:
+    return {
+        "recovered": [entry for kind, entry in summaries if kind == "recovered"],
+        "failed": [entry for kind, entry in summaries if kind == "failed"],
+        "pending": pending,
+    }
+
+
+def _healthy(env: Any, channel: str) -> bool:
+    services = env.connections.channels
+    store = services.runtime.store
+    head = history_reads.read_head(store, env.app.id, channel)
+    stall = services._stall(env.app.id, channel)
+    return stall is None and (head is None or head.durable_state == HEALTHY)
+
+
+# --- rewind ---------------------------------------------------------------------------------
+
+
+def _rewind(env: Any, channel: str, rewind: Rewind) -> None:
+    """Newest matching stored messages, oldest first, then ``rewind_complete`` (§5.6)."""
+    services = env.connections.channels
+    store = services.runtime.store
+    cap = services.settings.history_max_page_size
+    head = history_reads.read_head(store, env.app.id, channel)
+    predicate = env.session.predicates.get(channel)
+    wanted = min(rewind.count, cap) if rewind.count is not None else cap
+    cutoff = int(time.time() * 1000) - rewind.seconds * 1000 if rewind.seconds is not None else None
+    picked: list[Any] = []
+    more = False
+    if head is not None and head.retained_count:
+        ck = keys.channel_prefix(env.app.id, channel)
+        gen = keys.history_gen_prefix(ck, head.generation)
+        scanned = 0
+        for _key, raw in store.scan(keys.HISTORY, gen, keys.prefix_end(gen), reverse=True):
+            scanned += 1
+            if scanned > SCAN_FACTOR * cap:
+                more = True
+                break
+            row = HistoryRow.decode(raw)
+            if cutoff is not None and row.published_at_ms < cutoff:
+                break
+            d = recovery.delivery_of_row(
+                env.app.id, channel, head.stream_id, row.delivery_serial, row
+            )
+            if predicate is not None and not predicate(d):
+                continue
+            if len(picked) == wanted:
+                more = True
+                break
+            picked.append(d)
+    for d in reversed(picked):
+        env.outbox.offer(env.outbox.egress.message(d))
+    # A count rewind asked for exactly n: older messages beyond it are not a truncation unless
+    # the cap cut n; a seconds rewind is truncated when its window held more than was sent.
+    by_limit = more and (rewind.count is None or rewind.count > cap)
+    by_retention = False
+    if head is not None and head.evicted_through_serial is not None and not more:
+        if cutoff is not None:  # retention removed part of the requested window
+            by_retention = (head.evicted_through_time_ms or 0) >= cutoff
+        else:
+            by_retention = len(picked) < wanted
+    env.outbox.offer(
+        env.outbox.egress.system(
+            "rewind_complete",
+            channel,
+            {
+                "historical_count": len(picked),
+                "live_count": 0,
+                "complete": not (by_limit or by_retention),
+                "truncated_by_retention": by_retention,
+                "truncated_by_limit": by_limit,
+            },
+        )
+    )
+
+
+# --- history over the WebSocket ---------------------------------------------------------------
+
+
+def history(env: Any, channel: str, request: dict[str, Any]) -> None:
+    """One ``sockudo:channel_history`` page (spec 02 §8)."""
+    egress = env.outbox.egress
+    services = env.connections.channels
+    try:
+        query, until_attach = _query(env, channel, request, services.settings)
+        page = services.history_page(env.app, channel, query)
+    except _Invalid as exc:
+        env.outbox.offer(egress.error(v1.MALFORMED, str(exc), channel))
+        return
+    except ApiError as exc:
+        env.outbox.offer(egress.error(v1.MALFORMED, exc.message, channel))
+        return
+    except StreamNotHealthy:
+        env.outbox.offer(egress.error(v1.CHANNEL_ERROR, "History stream is not healthy", channel))
+        return
+    attach_serial = env.session.attached.get(channel, (0, None))[1]
+    page["bounds"] = {
+        **page["bounds"],
+        "until_attach": until_attach,
+        "attach_serial": attach_serial,
+    }
+    request_id = request.get("request_id")
+    if isinstance(request_id, str):
+        page["request_id"] = request_id
+    env.outbox.offer(egress.system("channel_history", channel, page))
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _query(env: Any, channel: str, r: dict[str, Any], settings: Any) -> tuple[HistoryQuery, bool]:
+    limit_raw = r.get("limit", 100)
+    limit = limit_raw if isinstance(limit_raw, int) and not isinstance(limit_raw, bool) else 100
+    if limit == 0:
+        raise _Invalid("limit must be positive")
+    if limit < 0:
+        raise _Invalid("limit must be positive")
+    limit = min(limit, 1000, settings.history_max_page_size)
+    direction_raw = r.get("direction", "newest_first")
+    direction = _DIRECTIONS.get(direction_raw) if isinstance(direction_raw, str) else None
+    if direction is None:
+        raise _Invalid(f"unknown direction {direction_raw!r}")
+
+    def bound(*names: str) -> int | None:
+        for name in names:
+            value = r.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise _Invalid(f"{name} must be a non-negative integer")
+            return value
+        return None
+
+    end_serial = bound("end_serial", "end")
+    until = r.get("until_attach", r.get("untilAttach", False))
+    until_attach = until is True
+    if until_attach:
+        attached = env.session.attached.get(channel)
+        if attached is None or attached[1] is None:
+            raise _Invalid("no attach serial recorded for this channel")
+        end_serial = attached[1] if end_serial is None else min(end_serial, attached[1])
+    cursor = r.get("cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise _Invalid("cursor must be a string")
+    return (
+        HistoryQuery(
+            limit=limit,
+            direction=direction,
+            cursor=cursor,
+            start_serial=bound("start_serial", "start"),
+            end_serial=end_serial,
+            start_time_ms=bound("start_time_ms"),
+            end_time_ms=bound("end_time_ms"),
+        ),
+        until_attach,
+    )
