@@ -83,7 +83,13 @@ class ChannelService:
         if claim is not None:
             self._check_app_wide_conflict(app, claim)
         message_id = req.message_id or str(uuid.uuid4())
-        flags = Flags(persist=app_history_enabled(app, self.settings))
+        # extras.ephemeral: live delivery only, no serial, no history row (spec 02 §4.1).
+        ephemeral = (
+            req.extras_json is not None and json.loads(req.extras_json).get("ephemeral") is True
+        )
+        flags = Flags(
+            persist=app_history_enabled(app, self.settings) and not ephemeral, ephemeral=ephemeral
+        )
         retention = Retention(
             window_s=self.settings.history_retention_window_seconds,
             max_count=self.settings.history_max_messages_per_channel,

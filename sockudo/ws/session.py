@@ -526,7 +526,14 @@ def encode_client_data(data: object) -> tuple[str, bool]:
     """A client event's ``data`` as stored: strings verbatim, anything else compact JSON."""
     if isinstance(data, str):
         return data, False
-    return _COMPACT.encode(data), True
+    if isinstance(data, bytes | bytearray):
+        # Binary data (msgpack/protobuf senders) travels as its byte values; JSON subscribers
+        # see the array of integers spec 02 §2.4 prescribes.
+        return _COMPACT.encode(list(data)), True
+    try:
+        return _COMPACT.encode(data), True
+    except (TypeError, ValueError):
+        raise v1.FrameError(v1.CLIENT_EVENT_ERROR, "Client event data is not JSON") from None
 
 
 def decode_v2(raw: str | bytes, fmt: wire.WireFormat) -> dict[str, Any]:

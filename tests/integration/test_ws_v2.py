@@ -447,3 +447,26 @@ async def test_resume_from_the_durable_tier_after_a_restart(
         api.close()
         for _ in nodes:
             pass
+
+
+async def test_ephemeral_publish_has_no_serial_and_is_not_kept(
+    node: NodeProcess, api: SignedClient
+) -> None:
+    channel = "ephemeral-v2"
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        await c.established()
+        await c.subscribe(channel)
+        await publish(api, {"name": "a", "channel": channel, "data": "1"})
+        await publish(
+            api, {"name": "e", "channel": channel, "data": "2", "extras": {"ephemeral": True}}
+        )
+        await publish(api, {"name": "b", "channel": channel, "data": "3"})
+        a, e, b = [await c.recv() for _ in range(3)]
+        assert (a.serial, b.serial) == (1, 2)  # the ephemeral one consumed no serial
+        assert e.message_id is not None
+        assert (e.stream_id, e.serial) == (None, None)
+        assert e.extras is not None
+        assert e.extras.ephemeral is True
+    history = api.history(channel).json()
+    assert [item["message"]["event"] for item in history["items"]] == ["b", "a"]
