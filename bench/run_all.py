@@ -1,6 +1,6 @@
 """Every spine benchmark in one table (``make bench``), on the embedded log and a real Kafka.
 
-    python bench/run_all.py [--events 1000000] [--no-kafka]
+    python bench/run_all.py [--events 1000000] [--no-kafka] [--fanout-subscribers 1000]
 
 Starts a throwaway Kafka broker with ``tools/kafka-dev.sh`` unless ``--kafka`` names one.
 """
@@ -35,6 +35,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000, help="events for fold/rebuild")
     ap.add_argument("--publishes", type=int, default=2000, help="publishes for latency")
+    ap.add_argument(
+        "--fanout-subscribers", type=int, default=1000, help="subscribers for fanout (quick: 100)"
+    )
     ap.add_argument("--kafka", help="use this Kafka bootstrap instead of starting one")
     ap.add_argument("--no-kafka", action="store_true")
     args = ap.parse_args()
@@ -68,6 +71,13 @@ def main() -> None:
                 [str(ROOT / "tools/kafka-dev.sh"), "stop", "--dir", broker_dir.name], check=False
             )
             broker_dir.cleanup()
+    # After the broker is gone: fanout needs both cores (node, subscriber processes).
+    sections.append(
+        (
+            f"Fanout (HTTP publish -> {args.fanout_subscribers} V1 subscribers, embedded)",
+            run("fanout.py", "--subscribers", str(args.fanout_subscribers)),
+        )
+    )
     for title, body in sections:
         print(f"== {title}")
         print(body)
