@@ -17,6 +17,7 @@ from sockudo.events.users import USER_CHANNEL_PREFIX
 from sockudo.node.hub import Hub, Outbox
 from sockudo.node.replay import HotReplay
 from sockudo.ws.egress import Frame
+from sockudo.ws.predicates import MessageView
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,14 @@ class Fanout:
         frames: dict[str, Frame] = {}
         sent = 0
         exclude = d.exclude_socket_id
+        view: MessageView | None = None
         for outbox in targets:
+            predicate = outbox.predicates.get(d.channel) if outbox.predicates else None
+            if predicate is not None:
+                if view is None:
+                    view = MessageView.of_delivery(d)  # once per message, shared
+                if not predicate.matches(view):
+                    continue
             if outbox.socket_id == exclude and not (
                 # A V2 sender of a client event receives it back unless echo is off (02 §10.3).
                 d.client_event and outbox.egress.protocol == 2 and outbox.echo

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
 
 from sockudo import metrics
 from sockudo.ws.egress import V1, Egress, Frame
+from sockudo.ws.predicates import Predicate
 
 SEND_QUEUE_FRAMES = 1024
 """Frames one socket may have waiting; a client that falls this far behind is disconnected."""
@@ -36,6 +38,8 @@ class Outbox:
         """Builds this socket's frames (protocol and wire format)."""
         self.echo = True
         """V2 ``echo_messages``: the socket receives its own client events."""
+        self.predicates: Mapping[str, Predicate] = {}
+        """V2 subscription predicates by channel (the session's own dict)."""
         self.capacity = capacity
         self.max_chars = max_chars
         self._frames: deque[Frame] = deque()

@@ -160,11 +160,13 @@ async def websocket_v1(websocket: WebSocket) -> None:
         user_authentication_timeout=settings.user_authentication_timeout,
         out=egress,
         recovery_enabled=_recovery_enabled(app, settings),
+        tag_filtering=settings.tag_filtering_enabled,
         history_enabled=app_history_enabled(app, settings),
         rewind_enabled=settings.history_rewind_enabled
         if app.history.rewind_enabled is None
         else app.history.rewind_enabled,
     )
+    outbox.predicates = session.predicates
     hub.add(outbox)
     metrics.connection_opened(app.id)
     outbox.offer(session.opening())

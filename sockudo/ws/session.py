@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from projections.folds.state import Delivery
 from projections.reads.recovery import Position
 from sockudo.auth import verify_channel_auth, verify_user_auth
 from sockudo.channels import InvalidChannelName, validate_channel_name
 from sockudo.config import AppConfig
 from sockudo.ws import v1, wire
 from sockudo.ws.egress import V1, Egress, Frame
+from sockudo.ws.predicates import Predicate, PredicateError, parse_predicate
 
 PONG_TIMEOUT_S = 30.0
 PONG_TIMEOUT_CODE = 4201
@@ -149,6 +148,7 @@ class Session:
         recovery_enabled: bool = True,
         history_enabled: bool = True,
         rewind_enabled: bool = True,
+        tag_filtering: bool = True,
     ) -> None:
         self.socket_id = socket_id
         self.out = out
@@ -172,9 +172,10 @@ class Session:
         self.recovery_enabled = recovery_enabled
         self.history_enabled = history_enabled
         self.rewind_enabled = rewind_enabled
+        self.tag_filtering = tag_filtering
         self.attached: dict[str, tuple[int, int | None]] = {}
         """V2 channels → (delivery head, history head) captured at their hub join."""
-        self.predicates: dict[str, Callable[[Delivery], bool]] = {}
+        self.predicates: dict[str, Predicate] = {}
         """V2 subscription predicates by channel (spec 02 §5.4)."""
         self.pending: dict[str, tuple[Position, float]] = {}
         """Resume positions waiting for their channel's subscribe → (position, deadline)."""
@@ -287,8 +288,10 @@ class Session:
             raise v1.FrameError(
                 v1.CHANNEL_ERROR, "Channel rewind is only supported on protocol V2", channel
             )
+        # V2 options are validated before auth (spec 02 §5.2), applied only on success.
+        options = self._v2_options(command) if self.out.protocol == 2 else (None, None)
         if info.is_presence:
-            return self._subscribe_presence(command)
+            return self._subscribe_presence(command, options[1])
         if info.requires_auth:
             if not command.auth:
                 raise v1.FrameError(v1.UNAUTHORIZED, "Missing channel auth", channel)
@@ -299,7 +302,8 @@ class Session:
             self._authorized()
         if self.out.protocol == 2:
             # The success frame carries the stream position at the hub join (spec 02 §5.3).
-            reply = Reply(effects=[Attach(channel, self._rewind(command))])
+            self._set_predicate(channel, options[1])
+            reply = Reply(effects=[Attach(channel, options[0])])
         else:
             reply = Reply(frames=[self.out.subscription_succeeded(channel)])
         if info.cache:
@@ -309,7 +313,7 @@ class Session:
             reply.join = channel
         return reply
 
-    def _subscribe_presence(self, command: v1.Subscribe) -> Reply:
+    def _subscribe_presence(self, command: v1.Subscribe, predicate: Predicate | None) -> Reply:
         channel = command.channel
         if command.channel_data is None:
             raise v1.FrameError(v1.MALFORMED, "Presence subscribe requires channel_data", channel)
@@ -335,11 +339,28 @@ class Session:
                 channel,
             )
         self._authorized()
+        if self.out.protocol == 2:
+            self._set_predicate(channel, predicate)
         if channel in self.presence:
             return Reply(effects=[PresenceJoin(channel, self.presence[channel], None, rejoin=True)])
         self.presence[channel] = user_id
         self.channels.add(channel)
         return Reply(effects=[PresenceJoin(channel, user_id, info_json)])
+
+    def _v2_options(self, command: v1.Subscribe) -> tuple[Rewind | None, Predicate | None]:
+        rewind = self._rewind(command)
+        if not self.tag_filtering:
+            return rewind, None
+        try:
+            return rewind, parse_predicate(command.options or {})
+        except PredicateError as exc:
+            raise v1.FrameError(v1.MALFORMED, str(exc), command.channel) from None
+
+    def _set_predicate(self, channel: str, predicate: Predicate | None) -> None:
+        if predicate is None:
+            self.predicates.pop(channel, None)
+        else:
+            self.predicates[channel] = predicate
 
     def _rewind(self, command: v1.Subscribe) -> Rewind | None:
         """The validated ``rewind`` option of a V2 subscribe (spec 02 §5.2, §5.6)."""
@@ -356,6 +377,7 @@ class Session:
     def _unsubscribe(self, channel: str) -> Reply:
         self.pending.pop(channel, None)
         self.attached.pop(channel, None)
+        self.predicates.pop(channel, None)
         if channel not in self.channels:
             return Reply()
         self.channels.discard(channel)

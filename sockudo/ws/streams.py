@@ -21,6 +21,7 @@ from sockudo.errors import ApiError, StreamNotHealthy
 from sockudo.node.replay import MAX_BUFFER_SIZE
 from sockudo.node.services import app_history_enabled
 from sockudo.ws import v1
+from sockudo.ws.predicates import MessageView
 from sockudo.ws.session import RESUME_PENDING_TTL_S, Rewind, not_attached
 
 SCAN_FACTOR = 16
@@ -133,7 +134,7 @@ def _send_result(
     predicate = env.session.predicates.get(channel)
     replayed = 0
     for d in result.deliveries:
-        if predicate is not None and not predicate(d):
+        if predicate is not None and not predicate.matches(MessageView.of_delivery(d)):
             continue
         if not env.outbox.offer(egress.message(d)):
             env.outbox.request_close(4100, "Over capacity")
@@ -196,7 +197,7 @@ def _rewind(env: Any, channel: str, rewind: Rewind) -> None:
             d = recovery.delivery_of_row(
                 env.app.id, channel, head.stream_id, row.delivery_serial, row
             )
-            if predicate is not None and not predicate(d):
+            if predicate is not None and not predicate.matches(MessageView.of_delivery(d)):
                 continue
             if len(picked) == wanted:
                 more = True

@@ -470,3 +470,81 @@ async def test_ephemeral_publish_has_no_serial_and_is_not_kept(
         assert e.extras.ephemeral is True
     history = api.history(channel).json()
     assert [item["message"]["event"] for item in history["items"]] == ["b", "a"]
+
+
+# --- subscription predicates (spec 02 §5.4, checks 16-21) ----------------------------------------
+
+
+async def test_tag_event_and_expression_filters(node: NodeProcess, api: SignedClient) -> None:
+    channel = "filtered"
+    async with (
+        connect(v2_url(node, "json")) as eu_raw,
+        connect(v2_url(node, "json")) as all_raw,
+        connect(v2_url(node, "json")) as expr_raw,
+        connect(v2_url(node, "json")) as ev_raw,
+    ):
+        eu, everyone, expr, ev = (V2(r, "json") for r in (eu_raw, all_raw, expr_raw, ev_raw))
+        for c in (eu, everyone, expr, ev):
+            await c.established()
+        await eu.subscribe(channel, tags_filter={"key": "region", "cmp": "eq", "val": "eu"})
+        await everyone.subscribe(channel)
+        await expr.subscribe(channel, filter={"expression": "data.total >= `100`"})
+        await ev.subscribe(channel, filter={"events": ["order.updated"]})
+        bodies = [
+            {"name": "order.created", "data": '{"total":150}', "tags": {"region": "eu"}},
+            {"name": "order.updated", "data": '{"total":50}', "tags": {"region": "us"}},
+            {"name": "order.created", "data": '{"total":10}'},
+        ]
+        for body in bodies:
+            await publish(api, {**body, "channel": channel})
+        got_all = [await everyone.recv() for _ in range(3)]
+        assert [f.serial for f in got_all] == [1, 2, 3]
+        assert (await eu.recv()).serial == 1
+        assert (await expr.recv()).serial == 1
+        assert (await ev.recv()).serial == 2
+        # Nothing else for the filtered ones: the next frame each sees is the marker below.
+        await publish(
+            api,
+            {
+                "name": "order.updated",
+                "channel": channel,
+                "data": '{"total":999}',
+                "tags": {"region": "eu"},
+            },
+        )
+        assert (await eu.recv()).serial == 4
+        assert (await expr.recv()).serial == 4
+        assert (await ev.recv()).serial == 4
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"tags_filter": {"key": "a", "cmp": "like", "val": "x"}},
+        {
+            "tags_filter": {
+                "op": "not",
+                "nodes": [{"key": "a", "cmp": "ex"}, {"key": "b", "cmp": "ex"}],
+            }
+        },
+        {"tags_filter": {"op": "and", "nodes": []}},
+        {"filter": {"expression": "a" * 5000}},
+        {"filter": {"expression": {"language": "jsonpath", "source": "a"}}},
+    ],
+)
+async def test_invalid_filters_are_4000_and_do_not_subscribe(
+    node: NodeProcess, api: SignedClient, options: dict[str, Any]
+) -> None:
+    channel = "bad-filter"
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        await c.established()
+        error = await c.subscribe(channel, **options)
+        assert (error.event, error.channel, value(error)["code"]) == (
+            "sockudo:error",
+            channel,
+            4000,
+        )
+        await publish(api, {"name": "x", "channel": channel, "data": "1"})
+        await c.send("sockudo:ping", {})
+        assert (await c.recv()).event == "sockudo:pong"  # open, and the publish never came
