@@ -9,13 +9,13 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from projections.reads.history import NEWEST_FIRST, OLDEST_FIRST, HistoryQuery
-from sockudo.channels import validate_channel_name
+from projections.reads.history import NEWEST_FIRST, OLDEST_FIRST, HistoryQuery, decode_cursor
+from sockudo.channels import resolve_channel_policy, validate_channel_name
 from sockudo.config import AppConfig, Settings
 from sockudo.errors import ApiError
 from sockudo.http.context import HttpContext, context
 from sockudo.http.signed import authenticate
-from sockudo.node.services import StreamControl, app_history_enabled
+from sockudo.node.services import StreamControl
 
 _DIRECTIONS = {
     "newest_first": NEWEST_FIRST,
@@ -64,10 +64,13 @@ def parse_history_query(params: QueryParams, settings: Settings) -> HistoryQuery
         if limit < 0:
             raise _invalid("History limit must be a positive integer")
         limit = min(limit, cap)
+    cursor = params.get("cursor") or None
+    if cursor is not None:
+        decode_cursor(cursor)  # a bad cursor is reported before the bounds (spec 03 §3.1)
     query = HistoryQuery(
         limit=limit,
         direction=direction,
-        cursor=params.get("cursor") or None,
+        cursor=cursor,
         start_serial=_int_param(params, "start_serial"),
         end_serial=_int_param(params, "end_serial"),
         start_time_ms=_int_param(params, "start_time_ms", "start"),
@@ -92,7 +95,7 @@ async def _channel(request: Request, ctx: HttpContext) -> tuple[AppConfig, str]:
     app, _ = await authenticate(request, ctx, request.path_params["app_id"])
     channel = request.path_params["channel"]
     validate_channel_name(channel, app, ctx.settings)
-    if not app_history_enabled(app, ctx.settings):
+    if not resolve_channel_policy(channel, app, ctx.settings).history_enabled:
         raise ApiError(
             422,
             "feature_disabled",
@@ -140,7 +143,7 @@ async def _control(request: Request) -> tuple[HttpContext, AppConfig, str, bytes
     app, body = await authenticate(request, ctx, request.path_params["app_id"])
     channel = request.path_params["channel"]
     validate_channel_name(channel, app, ctx.settings)
-    if not app_history_enabled(app, ctx.settings):
+    if not resolve_channel_policy(channel, app, ctx.settings).history_enabled:
         raise ApiError(
             422,
             "feature_disabled",

@@ -15,10 +15,16 @@ from dataclasses import dataclass
 
 from projections.folds.state import IGNORED, Outcome
 from projections.store import keys
+from sockudo.channels import resolve_channel_policy
 from sockudo.config import AppConfig
 from sockudo.events.channel import Flags, MessagePublished, Origin, Retention
 from sockudo.events.presence import NodeDeclaredDead, PresenceMemberJoined, PresenceMemberLeft
-from sockudo.node.services import ChannelService, app_history_enabled
+from sockudo.node.services import (
+    ChannelService,
+    message_flags,
+    message_retention,
+    presence_policy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +58,15 @@ class ConnectionService:
             request_id=str(uuid.uuid4()),
         )
 
-    def _presence_policy(self, app: AppConfig) -> tuple[Flags, Retention]:
-        s = self.settings
-        override = app.presence_history.enabled
-        enabled = s.presence_history_enabled if override is None else override
-        return Flags(presence_history=enabled), Retention(
-            window_s=s.presence_history_retention_window_seconds,
-            max_count=s.presence_history_max_events_per_channel,
-            max_bytes=s.presence_history_max_bytes_per_channel,
-        )
+    def _presence_policy(self, app: AppConfig, channel: str) -> tuple[Flags, Retention]:
+        return presence_policy(resolve_channel_policy(channel, app, self.settings))
 
     # --- presence ---------------------------------------------------------------------------
 
     async def join(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, user_info_json: str | None
     ) -> Outcome:
-        flags, retention = self._presence_policy(app)
+        flags, retention = self._presence_policy(app, channel)
         return await self.channels.append_and_wait(
             PresenceMemberJoined(
                 event_id=str(uuid.uuid4()),
@@ -86,7 +85,7 @@ class ConnectionService:
     async def leave(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, cause: str
     ) -> None:
-        flags, retention = self._presence_policy(app)
+        flags, retention = self._presence_policy(app, channel)
         await self.channels.append(
             PresenceMemberLeft(
                 event_id=str(uuid.uuid4()),
@@ -111,6 +110,7 @@ class ConnectionService:
     # --- client events ----------------------------------------------------------------------
 
     async def client_event(self, app: AppConfig, ev: ClientEvent) -> None:
+        policy = resolve_channel_policy(ev.channel, app, self.settings)
         await self.channels.append(
             MessagePublished(
                 event_id=str(uuid.uuid4()),
@@ -121,12 +121,8 @@ class ConnectionService:
                 name=ev.event,
                 data=ev.data,
                 data_is_json=ev.data_is_json,
-                flags=Flags(persist=app_history_enabled(app, self.settings)),
-                retention=Retention(
-                    window_s=self.settings.history_retention_window_seconds,
-                    max_count=self.settings.history_max_messages_per_channel,
-                    max_bytes=self.settings.history_max_bytes_per_channel,
-                ),
+                flags=message_flags(policy),
+                retention=message_retention(policy),
                 client_event=True,
             )
         )

@@ -21,6 +21,7 @@ from projections.reads import history as history_reads
 from projections.reads import presence as presence_reads
 from projections.store import keys
 from sockudo import metrics
+from sockudo.channels import ChannelPolicy, resolve_channel_policy
 from sockudo.config import AppConfig, Settings
 from sockudo.errors import Backpressure, IdempotencyConflict
 from sockudo.events import codec
@@ -87,14 +88,6 @@ class ChannelService:
         ephemeral = (
             req.extras_json is not None and json.loads(req.extras_json).get("ephemeral") is True
         )
-        flags = Flags(
-            persist=app_history_enabled(app, self.settings) and not ephemeral, ephemeral=ephemeral
-        )
-        retention = Retention(
-            window_s=self.settings.history_retention_window_seconds,
-            max_count=self.settings.history_max_messages_per_channel,
-            max_bytes=self.settings.history_max_bytes_per_channel,
-        )
         origin = Origin(
             node=self.runtime.incarnation,
             socket_id=req.socket_id,
@@ -113,12 +106,13 @@ class ChannelService:
                 data_is_json=req.data_is_json,
                 extras_json=req.extras_json,
                 tags=req.tags,
-                flags=flags,
-                retention=retention,
+                flags=message_flags(policy, ephemeral=ephemeral),
+                retention=message_retention(policy),
                 idempotency=claim,
                 client_event=req.client_event,
             )
             for channel in req.channels
+            for policy in (resolve_channel_policy(channel, app, self.settings),)
         ]
         outcomes = await asyncio.gather(*(self.append_and_wait(e) for e in events))
         result = {e.channel: o for e, o in zip(events, outcomes, strict=True)}
@@ -237,7 +231,7 @@ class ChannelService:
         store = self.runtime.store
         assert store is not None
         raw = store.get(keys.STREAMS, keys.channel_prefix(app.id, channel))
-        history = app_history_enabled(app, self.settings)
+        history = resolve_channel_policy(channel, app, self.settings).history_enabled
         if raw is None:
             return None, 0, 0 if history else None
         head = StreamHead.decode(raw)
@@ -291,6 +285,28 @@ class ChannelService:
     def stalled_partitions(self) -> Sequence[int]:
         runner = self.runtime.runner
         return sorted(runner.projector.stalled()) if runner else []
+
+
+def message_flags(policy: ChannelPolicy, *, ephemeral: bool = False) -> Flags:
+    """What the fold must do with a message on a channel of this policy (spec 05 §6.1)."""
+    return Flags(persist=policy.history_enabled and not ephemeral, ephemeral=ephemeral)
+
+
+def message_retention(policy: ChannelPolicy) -> Retention:
+    """History retention of a channel: namespace, then app, then global (spec 03 §1.1)."""
+    return Retention(
+        window_s=policy.retention_window_seconds,
+        max_count=policy.max_messages_per_channel,
+        max_bytes=policy.max_bytes_per_channel,
+    )
+
+
+def presence_policy(policy: ChannelPolicy) -> tuple[Flags, Retention]:
+    return Flags(presence_history=policy.presence_history_enabled), Retention(
+        window_s=policy.presence_retention_window_seconds,
+        max_count=policy.presence_max_events_per_channel,
+        max_bytes=policy.presence_max_bytes_per_channel,
+    )
 
 
 def app_history_enabled(app: AppConfig, settings: Settings) -> bool:

@@ -17,9 +17,9 @@ from projections.reads import history as history_reads
 from projections.reads import recovery
 from projections.reads.history import HistoryQuery
 from projections.store import keys
+from sockudo.channels import resolve_channel_policy
 from sockudo.errors import ApiError, StreamNotHealthy
 from sockudo.node.replay import MAX_BUFFER_SIZE
-from sockudo.node.services import app_history_enabled
 from sockudo.ws import v1
 from sockudo.ws.predicates import MessageView
 from sockudo.ws.session import RESUME_PENDING_TTL_S, Rewind, not_attached
@@ -117,7 +117,7 @@ def _evaluate(
         hot=env.hot.get(env.app.id, channel),
         upto=upto,
         max_buffer=MAX_BUFFER_SIZE,
-        history_enabled=app_history_enabled(env.app, services.settings),
+        history_enabled=resolve_channel_policy(channel, env.app, services.settings).history_enabled,
         stalled=services._stall(env.app.id, channel) is not None,
     )
 
