@@ -18,7 +18,12 @@ from projections.store import keys
 from sockudo.channels import resolve_channel_policy
 from sockudo.config import AppConfig
 from sockudo.events.channel import Flags, MessagePublished, Origin, Retention
-from sockudo.events.presence import NodeDeclaredDead, PresenceMemberJoined, PresenceMemberLeft
+from sockudo.events.presence import (
+    NodeDeclaredDead,
+    PresenceMemberJoined,
+    PresenceMemberLeft,
+    PresenceMemberUpdated,
+)
 from sockudo.node.services import (
     ChannelService,
     message_flags,
@@ -96,6 +101,25 @@ class ConnectionService:
                 socket_id=socket_id,
                 incarnation=self.runtime.incarnation,
                 cause=cause,
+                flags=flags,
+                retention=retention,
+            )
+        )
+
+    async def update(
+        self, app: AppConfig, channel: str, socket_id: str, user_id: str, user_info_json: str
+    ) -> None:
+        flags, retention = self._presence_policy(app, channel)
+        await self.channels.append(
+            PresenceMemberUpdated(
+                event_id=str(uuid.uuid4()),
+                app_id=app.id,
+                channel=channel,
+                origin=self._origin(socket_id, user_id),
+                user_id=user_id,
+                socket_id=socket_id,
+                incarnation=self.runtime.incarnation,
+                user_info_json=user_info_json,
                 flags=flags,
                 retention=retention,
             )

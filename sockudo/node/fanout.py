@@ -11,7 +11,14 @@ from __future__ import annotations
 import logging
 import time
 
-from projections.folds.state import CLOSE_USER, MEMBER_ADDED, MEMBER_REMOVED, MESSAGE, Delivery
+from projections.folds.state import (
+    CLOSE_USER,
+    MEMBER_ADDED,
+    MEMBER_REMOVED,
+    MEMBER_UPDATED,
+    MESSAGE,
+    Delivery,
+)
 from sockudo import metrics
 from sockudo.events.users import USER_CHANNEL_PREFIX
 from sockudo.node.hub import Hub, Outbox
@@ -57,7 +64,18 @@ class Fanout:
                 for outbox in self.hub.sockets_of_user(d.app_id, d.user_id or ""):
                     outbox.close_cause = "terminated"
                     outbox.request_close(code, reason)
-            # MEMBER_UPDATED reaches V2 sockets once presence_update exists (spec 02 §12).
+            elif d.kind == MEMBER_UPDATED:
+                # V2 only, the sender included (spec 02 §12); V1 members get nothing.
+                updates: dict[str, Frame] = {}
+                for outbox in self.hub.subscribers(d.app_id, d.channel):
+                    if outbox.egress.protocol != 2:
+                        continue
+                    update = updates.get(outbox.egress.key)
+                    if update is None:
+                        update = updates[outbox.egress.key] = outbox.egress.presence_edge(
+                            "presence_update", d.channel, d.data
+                        )
+                    self._offer(outbox, update)
 
     def _message(self, d: Delivery) -> None:
         self.hot.add(d)

@@ -26,6 +26,7 @@ from sockudo.ws.session import (
     History,
     PresenceJoin,
     PresenceLeave,
+    PresenceUpdate,
     PublishClientEvent,
     Resume,
     SendCache,
@@ -55,6 +56,14 @@ async def run(effect: Effect, env: SocketEnv) -> None:
         match effect:
             case PresenceJoin():
                 await _presence_join(effect, env)
+            case PresenceUpdate():
+                await env.connections.update(
+                    env.app,
+                    effect.channel,
+                    env.session.socket_id,
+                    effect.user_id,
+                    effect.user_info_json,
+                )
             case PresenceLeave():
                 await env.connections.leave(
                     env.app, effect.channel, env.session.socket_id, effect.user_id, effect.cause

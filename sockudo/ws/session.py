@@ -26,6 +26,10 @@ PONG_TIMEOUT_CODE = 4201
 PONG_TIMEOUT_REASON = "Pong reply not received in time"
 UNAUTHORIZED_TIMEOUT_REASON = "Connection not authorized within timeout."
 WATCHLIST_LIMIT = 100
+PRESENCE_UPDATE_MAX_BYTES = 1024
+PRESENCE_UPDATES_PER_SECOND = 10
+PRESENCE_UPDATE_TOO_LARGE = 40009
+INVALID_PRESENCE_UPDATE = 104009
 RESUME_PENDING_TTL_S = 10.0
 """How long a resume position waits for its channel's subscribe (spec 02 §7.6)."""
 RESERVED_PREFIXES = ("pusher:", "pusher_internal:", "sockudo:", "sockudo_internal:")
@@ -52,6 +56,15 @@ class PresenceLeave:
     channel: str
     user_id: str
     cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceUpdate:
+    """V2 ``presence_update``: the member's new ``user_info`` through the log (spec 02 §12)."""
+
+    channel: str
+    user_id: str
+    user_info_json: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +124,7 @@ class SignedIn:
 
 Effect = (
     PresenceJoin
+    | PresenceUpdate
     | PresenceLeave
     | SendCache
     | PublishClientEvent
@@ -169,6 +183,7 @@ class Session:
             now + user_authentication_timeout if app.features.enable_user_authentication else None
         )
         self._client_events: deque[float] = deque()
+        self._presence_updates: dict[str, deque[float]] = {}
         self.recovery_enabled = recovery_enabled
         self.history_enabled = history_enabled
         self.rewind_enabled = rewind_enabled
@@ -261,6 +276,8 @@ class Session:
                 )
             case v1.IgnoredSystemEvent(event="pusher:resume", data=data):
                 return self._resume(data)
+            case v1.IgnoredSystemEvent(event="pusher:presence_update", data=data, channel=ch):
+                return self._presence_update(ch, data, now)
             case v1.IgnoredSystemEvent(event="pusher:channel_history", data=data):
                 return self._history(data)
             case v1.IgnoredSystemEvent():
@@ -416,6 +433,42 @@ class Session:
         if not self.history_enabled:
             raise v1.FrameError(v1.CHANNEL_ERROR, "History is disabled for this channel", channel)
         return Reply(effects=[History(channel, request)])
+
+    def _presence_update(self, envelope_channel: str | None, data: Any, now: float) -> Reply:
+        if self.out.protocol != 2:
+            return Reply()  # V1 has no such frame: ignored like any unknown system event
+        try:
+            body = _object(data, "presence_update")
+        except v1.FrameError:
+            raise v1.FrameError(INVALID_PRESENCE_UPDATE, "Invalid presence_update") from None
+        if envelope_channel is not None and "user_info" in body:
+            channel, info = envelope_channel, body["user_info"]  # the Python client's shape
+        elif isinstance(body.get("channel"), str) and "data" in body:
+            channel, info = body["channel"], body["data"]  # upstream's shape
+        else:
+            raise v1.FrameError(INVALID_PRESENCE_UPDATE, "Invalid presence_update")
+        user_id = self.presence.get(channel)
+        if user_id is None:
+            raise v1.FrameError(
+                INVALID_PRESENCE_UPDATE, "Not a member of this presence channel", channel
+            )
+        try:
+            info_json = _COMPACT.encode(info)
+        except (TypeError, ValueError):
+            raise v1.FrameError(
+                INVALID_PRESENCE_UPDATE, "Invalid presence_update", channel
+            ) from None
+        if len(info_json.encode()) > PRESENCE_UPDATE_MAX_BYTES:
+            raise v1.FrameError(PRESENCE_UPDATE_TOO_LARGE, "Presence data too large", channel)
+        window = self._presence_updates.setdefault(channel, deque())
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        if len(window) >= PRESENCE_UPDATES_PER_SECOND:
+            raise v1.FrameError(
+                v1.CLIENT_EVENT_ERROR, "presence_update rejected due to rate limit", channel
+            )
+        window.append(now)
+        return Reply(effects=[PresenceUpdate(channel, user_id, info_json)])
 
     def presence_failed(self, channel: str) -> None:
         """The join was refused or could not be appended: the socket is not in the channel."""

@@ -84,6 +84,7 @@ class IgnoredSystemEvent:
 
     event: str
     data: Any = field(default=None, compare=False)
+    channel: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,10 @@ def parse_envelope(envelope: dict[str, Any]) -> Command:
             raise FrameError(MALFORMED, f"'data' of {event} must be an object")
         return Signin(_opt_str(data, "auth", event), _opt_str(data, "user_data", event))
     if event.startswith(_SYSTEM_PREFIXES):
-        return IgnoredSystemEvent(event, envelope.get("data"))
+        target = envelope.get("channel")
+        return IgnoredSystemEvent(
+            event, envelope.get("data"), target if isinstance(target, str) else None
+        )
     if event.startswith("client-"):
         target = envelope.get("channel")
         return ClientEvent(event, target if isinstance(target, str) else None, envelope.get("data"))

@@ -548,3 +548,53 @@ async def test_invalid_filters_are_4000_and_do_not_subscribe(
         await publish(api, {"name": "x", "channel": channel, "data": "1"})
         await c.send("sockudo:ping", {})
         assert (await c.recv()).event == "sockudo:pong"  # open, and the publish never came
+
+
+async def test_presence_update_reaches_v2_members_only(node: NodeProcess) -> None:
+    channel = "presence-upd"
+    async with (
+        connect(v2_url(node, "json")) as a_raw,
+        connect(v2_url(node, "msgpack")) as b_raw,
+        connect(ws_url(node)) as v1_ws,
+    ):
+        a, b = V2(a_raw, "json"), V2(b_raw, "msgpack")
+        for c, user in ((a, "pa"), (b, "pb")):
+            sid = await c.established()
+            data = json.dumps({"user_id": user})
+            auth = sign_channel_auth(APP_KEY, APP_SECRET, sid, channel, data)
+            await c.send(
+                "sockudo:subscribe", {"channel": channel, "auth": auth, "channel_data": data}
+            )
+            ack = await c.recv()
+            assert ack.event == "sockudo_internal:subscription_succeeded"
+        assert (await a.recv()).event == "sockudo_internal:member_added"
+        v1_sid = json.loads(json.loads(await v1_ws.recv())["data"])["socket_id"]
+        v1_data = json.dumps({"user_id": "pv1"})
+        v1_auth = sign_channel_auth(APP_KEY, APP_SECRET, v1_sid, channel, v1_data)
+        await v1_ws.send(
+            json.dumps(
+                {
+                    "event": "pusher:subscribe",
+                    "data": {"channel": channel, "auth": v1_auth, "channel_data": v1_data},
+                }
+            )
+        )
+        await v1_ws.recv()  # subscription_succeeded
+        for c in (a, b):
+            assert (await c.recv()).event == "sockudo_internal:member_added"
+        # The Python client's shape: envelope channel, data.user_info.
+        await a.send("sockudo:presence_update", {"user_info": {"status": "busy"}}, channel=channel)
+        for c in (a, b):  # the sender too
+            update = await c.recv()
+            assert update.event == "sockudo_internal:presence_update"
+            assert json.loads(value(update)) == {"user_id": "pa", "user_info": {"status": "busy"}}
+        # Upstream's shape works too.
+        await b.send("sockudo:presence_update", {"channel": channel, "data": {"mood": "ok"}})
+        assert json.loads(value(await a.recv()))["user_id"] == "pb"
+        too_big = {"user_info": {"x": "y" * 2000}}
+        await a.send("sockudo:presence_update", too_big, channel=channel)
+        assert value(await a.recv())["code"] == 40009
+        await a.send("sockudo:presence_update", {"user_info": {}}, channel="private-x")
+        assert value(await a.recv())["code"] == 104009
+        with pytest.raises(TimeoutError):  # V1 members never see presence_update
+            await asyncio.wait_for(v1_ws.recv(), 0.5)
