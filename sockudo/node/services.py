@@ -83,7 +83,6 @@ class ChannelService:
         claim = self._claim(app, req)
         if claim is not None:
             self._check_app_wide_conflict(app, claim)
-        message_id = req.message_id or str(uuid.uuid4())
         # extras.ephemeral: live delivery only, no serial, no history row (spec 02 §4.1).
         ephemeral = (
             req.extras_json is not None and json.loads(req.extras_json).get("ephemeral") is True
@@ -100,7 +99,9 @@ class ChannelService:
                 app_id=app.id,
                 channel=channel,
                 origin=origin,
-                message_id=message_id,
+                # One message per channel: clients dedupe by message_id across all their
+                # channels, so only a publisher-supplied id is shared (spec 02 §4.1).
+                message_id=req.message_id or str(uuid.uuid4()),
                 name=req.name,
                 data=req.data,
                 data_is_json=req.data_is_json,

@@ -198,8 +198,10 @@ class V2Egress:
                 event="sockudo_internal:subscription_succeeded",
                 channel=channel,
                 data=Data.of_text(inner),
+                # `serial` (the head, 0 before any publish) is always there; `stream_id` only
+                # once the channel has a generation (spec 02 §3, check 7).
                 stream_id=stream_id,
-                serial=serial if stream_id is not None else None,
+                serial=serial,
             )
         )
 

@@ -98,8 +98,8 @@ async def test_subscribe_and_receive_with_v2_metadata(
         ack = await c.subscribe(channel)
         assert ack.event == "sockudo_internal:subscription_succeeded"
         assert ack.channel == channel
-        # Never published to: no stream yet, so neither stream_id nor serial (spec 02 §3).
-        assert (ack.stream_id, ack.serial) == (None, None)
+        # Never published to: head 0 and no stream generation yet (spec 02 §3, check 7).
+        assert (ack.stream_id, ack.serial) == (None, 0)
         assert json.loads(value(ack)) == {"attach_serial": 0}
 
         result = await publish(
