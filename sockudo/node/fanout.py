@@ -106,6 +106,12 @@ class Fanout:
             frame = frames.get(outbox.egress.key)
             if frame is None:
                 frame = frames[outbox.egress.key] = outbox.egress.message(d)
+            delta = outbox.deltas.get(d.channel) if outbox.deltas else None
+            if delta is not None and isinstance(frame, str):
+                # Per-socket: the shared frame is the input, the base is this socket's own.
+                frame = delta.next_frame(
+                    frame, d.event, message_id=d.message_id, stream_id=d.stream_id, serial=d.serial
+                )
             sent += self._offer(outbox, frame)
         self.frames_sent += sent
         metrics.broadcast_latency(

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Mapping
 
 from sockudo import metrics
+from sockudo.ws.delta import ChannelDeltaState
 from sockudo.ws.egress import V1, Egress, Frame
 from sockudo.ws.predicates import Predicate
 
@@ -38,6 +39,8 @@ class Outbox:
         """Builds this socket's frames (protocol and wire format)."""
         self.echo = True
         """V2 ``echo_messages``: the socket receives its own client events."""
+        self.deltas: Mapping[str, ChannelDeltaState] = {}
+        """V2 JSON delta-compression state by channel (the session's own dict)."""
         self.predicates: Mapping[str, Predicate] = {}
         """V2 subscription predicates by channel (the session's own dict)."""
         self.capacity = capacity

@@ -22,6 +22,7 @@ from sockudo.node.watchlist import Watchlists
 from sockudo.ws import streams, v1
 from sockudo.ws.session import (
     Attach,
+    DeltaResync,
     Effect,
     History,
     PresenceJoin,
@@ -91,6 +92,11 @@ async def run(effect: Effect, env: SocketEnv) -> None:
                 _signed_in(effect, env)
             case Attach(channel=channel, rewind=rewind):
                 streams.attach(env, channel, None, rewind)
+            case DeltaResync(channel=channel):
+                state = env.session.deltas.get(channel)
+                resent = state.resync() if state is not None else None
+                if resent is not None:
+                    env.outbox.offer(resent)
             case Resume(positions=positions):
                 streams.resume(env, positions)
             case History(channel=channel, request=request):

@@ -167,6 +167,7 @@ async def websocket_v1(websocket: WebSocket) -> None:
         else app.history.rewind_enabled,
     )
     outbox.predicates = session.predicates
+    outbox.deltas = session.deltas
     hub.add(outbox)
     metrics.connection_opened(app.id)
     outbox.offer(session.opening())

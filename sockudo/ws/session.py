@@ -15,9 +15,22 @@ from typing import Any
 
 from projections.reads.recovery import Position
 from sockudo.auth import verify_channel_auth, verify_user_auth
-from sockudo.channels import InvalidChannelName, validate_channel_name
+from sockudo.channels import (
+    ChannelInfo,
+    InvalidChannelName,
+    classify_channel,
+    validate_channel_name,
+)
 from sockudo.config import AppConfig
 from sockudo.ws import v1, wire
+from sockudo.ws.delta import (
+    DEFAULT_ALGORITHM,
+    ChannelDeltaState,
+    DeltaAlgorithm,
+    enabled_payload,
+    negotiate_algorithm,
+    parse_subscribe_delta,
+)
 from sockudo.ws.egress import V1, Egress, Frame
 from sockudo.ws.predicates import Predicate, PredicateError, parse_predicate
 
@@ -107,6 +120,13 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class DeltaResync:
+    """``sockudo:delta_sync_error``: reset the channel's delta state, resend the last message."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     """``sockudo:channel_history`` over the WebSocket (spec 02 §8)."""
 
@@ -132,6 +152,7 @@ Effect = (
     | Attach
     | Resume
     | History
+    | DeltaResync
 )
 
 
@@ -192,6 +213,10 @@ class Session:
         """V2 channels → (delivery head, history head) captured at their hub join."""
         self.predicates: dict[str, Predicate] = {}
         """V2 subscription predicates by channel (spec 02 §5.4)."""
+        self.deltas: dict[str, ChannelDeltaState] = {}
+        """V2 JSON channels with delta compression on → their §6.3 state (fanout feeds it)."""
+        self.delta_algorithm: DeltaAlgorithm | None = None
+        """Set by ``sockudo:enable_delta_compression``: the connection-level switch."""
         self.pending: dict[str, tuple[Position, float]] = {}
         """Resume positions waiting for their channel's subscribe → (position, deadline)."""
 
@@ -278,6 +303,10 @@ class Session:
                 return self._resume(data)
             case v1.IgnoredSystemEvent(event="pusher:presence_update", data=data, channel=ch):
                 return self._presence_update(ch, data, now)
+            case v1.IgnoredSystemEvent(event="pusher:enable_delta_compression", data=data):
+                return self._enable_delta(data)
+            case v1.IgnoredSystemEvent(event="pusher:delta_sync_error", data=data, channel=ch):
+                return self._delta_sync_error(data, ch)
             case v1.IgnoredSystemEvent(event="pusher:channel_history", data=data):
                 return self._history(data)
             case v1.IgnoredSystemEvent():
@@ -320,7 +349,9 @@ class Session:
         if self.out.protocol == 2:
             # The success frame carries the stream position at the hub join (spec 02 §5.3).
             self._set_predicate(channel, options[1])
-            reply = Reply(effects=[Attach(channel, options[0])])
+            reply = Reply(
+                frames=self._set_delta(info, command), effects=[Attach(channel, options[0])]
+            )
         else:
             reply = Reply(frames=[self.out.subscription_succeeded(channel)])
         if info.cache:
@@ -356,13 +387,18 @@ class Session:
                 channel,
             )
         self._authorized()
+        delta_frames: list[Frame] = []
         if self.out.protocol == 2:
             self._set_predicate(channel, predicate)
+            delta_frames = self._set_delta(classify_channel(channel), command)
         if channel in self.presence:
-            return Reply(effects=[PresenceJoin(channel, self.presence[channel], None, rejoin=True)])
+            return Reply(
+                frames=delta_frames,
+                effects=[PresenceJoin(channel, self.presence[channel], None, rejoin=True)],
+            )
         self.presence[channel] = user_id
         self.channels.add(channel)
-        return Reply(effects=[PresenceJoin(channel, user_id, info_json)])
+        return Reply(frames=delta_frames, effects=[PresenceJoin(channel, user_id, info_json)])
 
     def _v2_options(self, command: v1.Subscribe) -> tuple[Rewind | None, Predicate | None]:
         rewind = self._rewind(command)
@@ -378,6 +414,46 @@ class Session:
             self.predicates.pop(channel, None)
         else:
             self.predicates[channel] = predicate
+
+    def _set_delta(self, info: ChannelInfo, command: v1.Subscribe) -> list[Frame]:
+        """(Re)start the channel's delta state as the subscribe's ``delta`` option and the
+        connection switch say; JSON only, never encrypted channels (spec 02 §6.1-6.3)."""
+        channel = command.channel
+        self.deltas.pop(channel, None)  # every subscribe resets the state
+        if self.out.fmt != "json" or info.is_encrypted:
+            return []
+        option = parse_subscribe_delta((command.options or {}).get("delta"))
+        enabled = option.enabled if option is not None else self.delta_algorithm is not None
+        if not enabled:
+            return []
+        algorithm = (option.algorithm if option is not None else None) or (
+            self.delta_algorithm or DEFAULT_ALGORITHM
+        )
+        self.deltas[channel] = ChannelDeltaState(channel, algorithm)
+        if self.delta_algorithm is None:
+            payload = enabled_payload(algorithm, channel=channel)
+            return [self.out.system("delta_compression_enabled", channel, payload)]
+        return []
+
+    def _enable_delta(self, data: Any) -> Reply:
+        if self.out.protocol != 2:
+            return Reply()
+        algorithm = negotiate_algorithm(data)
+        if self.out.fmt != "json":
+            # Binary formats never get deltas (spec 02 §6.1).
+            payload = enabled_payload(DEFAULT_ALGORITHM, enabled=False)
+            return Reply(frames=[self.out.system("delta_compression_enabled", None, payload)])
+        self.delta_algorithm = algorithm
+        payload = enabled_payload(algorithm)
+        return Reply(frames=[self.out.system("delta_compression_enabled", None, payload)])
+
+    def _delta_sync_error(self, data: Any, envelope_channel: str | None) -> Reply:
+        channel = envelope_channel
+        if isinstance(data, dict) and isinstance(data.get("channel"), str):
+            channel = data["channel"]
+        if channel is None or channel not in self.deltas:
+            return Reply()  # unknown or absent channel: ignored (spec 02 §6.6)
+        return Reply(effects=[DeltaResync(channel)])
 
     def _rewind(self, command: v1.Subscribe) -> Rewind | None:
         """The validated ``rewind`` option of a V2 subscribe (spec 02 §5.2, §5.6)."""
@@ -395,6 +471,7 @@ class Session:
         self.pending.pop(channel, None)
         self.attached.pop(channel, None)
         self.predicates.pop(channel, None)
+        self.deltas.pop(channel, None)
         if channel not in self.channels:
             return Reply()
         self.channels.discard(channel)
