@@ -217,7 +217,9 @@ def test_trigger_with_info_acknowledges_ids_and_serials(sdk: Sockudo) -> None:
     assert set(body["channels"]) == {a, b}
     assert [body["channels"][c]["history_serial"] for c in (a, b)] == [1, 1]
     assert body["channels"][a]["stream_id"] != body["channels"][b]["stream_id"]
-    assert body["channels"][a]["message_id"] == body["channels"][b]["message_id"]
+    # One message per channel: V2 clients dedupe by message_id across all their channels, so
+    # a shared generated id would hide the second copy (spec 02 §4.1, §12.2).
+    assert body["channels"][a]["message_id"] != body["channels"][b]["message_id"]
 
 
 def test_a_supplied_message_id_is_acknowledged_and_kept(sdk: Sockudo, api: SignedClient) -> None:
