@@ -19,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket
 
 from sockudo import metrics, origins
+from sockudo.channels import resolve_channel_policy
 from sockudo.config import AppConfig, Settings
 from sockudo.node.connections import ConnectionService
 from sockudo.node.hub import Hub, Outbox
@@ -161,6 +162,10 @@ async def websocket_v1(websocket: WebSocket) -> None:
         out=egress,
         recovery_enabled=_recovery_enabled(app, settings),
         tag_filtering=settings.tag_filtering_enabled,
+        annotations_enabled=lambda channel: (
+            settings.annotations_enabled
+            and resolve_channel_policy(channel, app, settings).annotations_enabled
+        ),
         history_enabled=app_history_enabled(app, settings),
         rewind_enabled=settings.history_rewind_enabled
         if app.history.rewind_enabled is None

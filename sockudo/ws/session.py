@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +185,7 @@ class Session:
         history_enabled: bool = True,
         rewind_enabled: bool = True,
         tag_filtering: bool = True,
+        annotations_enabled: Callable[[str], bool] = lambda _channel: False,
     ) -> None:
         self.socket_id = socket_id
         self.out = out
@@ -209,6 +211,8 @@ class Session:
         self.history_enabled = history_enabled
         self.rewind_enabled = rewind_enabled
         self.tag_filtering = tag_filtering
+        self.annotations_enabled = annotations_enabled
+        """Whether ``ANNOTATION_SUBSCRIBE`` is allowed on a channel (global switch and policy)."""
         self.attached: dict[str, tuple[int, int | None]] = {}
         """V2 channels → (delivery head, history head) captured at their hub join."""
         self.predicates: dict[str, Predicate] = {}
@@ -402,6 +406,14 @@ class Session:
 
     def _v2_options(self, command: v1.Subscribe) -> tuple[Rewind | None, Predicate | None]:
         rewind = self._rewind(command)
+        modes = (command.options or {}).get("modes")
+        if modes is not None:
+            if not isinstance(modes, list):
+                raise v1.FrameError(v1.MALFORMED, "modes must be an array", command.channel)
+            if "ANNOTATION_SUBSCRIBE" in modes and not self.annotations_enabled(command.channel):
+                raise v1.FrameError(
+                    v1.CHANNEL_ERROR, "Annotations are disabled for this channel", command.channel
+                )
         if not self.tag_filtering:
             return rewind, None
         try:

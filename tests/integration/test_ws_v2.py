@@ -598,3 +598,15 @@ async def test_presence_update_reaches_v2_members_only(node: NodeProcess) -> Non
         assert value(await a.recv())["code"] == 104009
         with pytest.raises(TimeoutError):  # V1 members never see presence_update
             await asyncio.wait_for(v1_ws.recv(), 0.5)
+
+
+async def test_modes_validation(node: NodeProcess) -> None:
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        await c.established()
+        not_array = await c.subscribe("modes-a", modes="ANNOTATION_SUBSCRIBE")
+        assert (not_array.event, value(not_array)["code"]) == ("sockudo:error", 4000)
+        disabled = await c.subscribe("modes-b", modes=["SUBSCRIBE", "ANNOTATION_SUBSCRIBE"])
+        assert (disabled.event, value(disabled)["code"]) == ("sockudo:error", 4300)
+        ok = await c.subscribe("modes-c", modes=["SUBSCRIBE"])
+        assert ok.event == "sockudo_internal:subscription_succeeded"
