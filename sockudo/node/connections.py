@@ -45,6 +45,8 @@ class ClientEvent:
     socket_id: str
     user_id: str | None
     """The sender's presence user id (presence channels only: V1 frames carry it)."""
+    echo: bool | None = None
+    """V2 ``extras.echo`` of the frame; travels in the record's extras."""
 
 
 class ConnectionService:
@@ -147,6 +149,7 @@ class ConnectionService:
                 data_is_json=ev.data_is_json,
                 flags=message_flags(policy),
                 retention=message_retention(policy),
+                extras_json=None if ev.echo is None else json.dumps({"echo": ev.echo}),
                 client_event=True,
             )
         )

@@ -8,6 +8,7 @@ the client reconnects with backoff) rather than letting a slow reader grow the n
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -100,7 +101,7 @@ class Fanout:
                     continue
             if outbox.socket_id == exclude and not (
                 # A V2 sender of a client event receives it back unless echo is off (02 §10.3).
-                d.client_event and outbox.egress.protocol == 2 and outbox.echo
+                d.client_event and outbox.egress.protocol == 2 and _echo(d, outbox)
             ):
                 continue
             frame = frames.get(outbox.egress.key)
@@ -127,3 +128,12 @@ class Fanout:
             log.info("closing slow socket %s: send queue full", outbox.socket_id)
             outbox.request_close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)
         return 0
+
+
+def _echo(d: Delivery, sender: Outbox) -> bool:
+    """The message's ``extras.echo`` if it has one, else the sender's ``echo_messages``."""
+    if d.extras_json is not None:
+        echo = json.loads(d.extras_json).get("echo")
+        if isinstance(echo, bool):
+            return echo
+    return sender.echo

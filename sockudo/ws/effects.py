@@ -86,6 +86,7 @@ async def run(effect: Effect, env: SocketEnv) -> None:
                         data_is_json=effect.data_is_json,
                         socket_id=env.session.socket_id,
                         user_id=effect.user_id,
+                        echo=effect.echo,
                     ),
                 )
             case SignedIn():

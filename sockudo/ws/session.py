@@ -95,6 +95,7 @@ class PublishClientEvent:
     data: str
     data_is_json: bool
     user_id: str | None
+    echo: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,7 +655,8 @@ class Session:
                 channel,
             )
         user_id = self.presence.get(channel)
-        return Reply(effects=[PublishClientEvent(channel, event, data, is_json, user_id)])
+        echo = command.echo if self.out.protocol == 2 else None
+        return Reply(effects=[PublishClientEvent(channel, event, data, is_json, user_id, echo)])
 
     def _take_client_event_slot(self, now: float) -> bool:
         window = float(self.app.limits.decay_seconds or 1)
@@ -707,7 +709,10 @@ def decode_v2(raw: str | bytes, fmt: wire.WireFormat) -> dict[str, Any]:
     except wire.WireError as exc:
         raise v1.FrameError(v1.MALFORMED, f"Undecodable frame: {exc}") from None
     data = env.data.to_value() if env.data is not None else None
-    return {"event": env.event, "channel": env.channel, "data": data}
+    out: dict[str, Any] = {"event": env.event, "channel": env.channel, "data": data}
+    if env.extras is not None and env.extras.echo is not None:
+        out["extras"] = {"echo": env.extras.echo}
+    return out
 
 
 def _object(data: Any, what: str) -> dict[str, Any]:

@@ -73,6 +73,8 @@ class ClientEvent:
     event: str
     channel: str | None
     data: Any
+    echo: bool | None = field(default=None, compare=False)
+    """V2 ``extras.echo``: per-message override of the sender's ``echo_messages``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,14 @@ def parse_envelope(envelope: dict[str, Any]) -> Command:
         )
     if event.startswith("client-"):
         target = envelope.get("channel")
-        return ClientEvent(event, target if isinstance(target, str) else None, envelope.get("data"))
+        extras = envelope.get("extras")
+        echo = extras.get("echo") if isinstance(extras, dict) else None
+        return ClientEvent(
+            event,
+            target if isinstance(target, str) else None,
+            envelope.get("data"),
+            echo if isinstance(echo, bool) else None,
+        )
     return UnknownEvent(event, envelope.get("data"))
 
 

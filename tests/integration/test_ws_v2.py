@@ -610,3 +610,34 @@ async def test_modes_validation(node: NodeProcess) -> None:
         assert (disabled.event, value(disabled)["code"]) == ("sockudo:error", 4300)
         ok = await c.subscribe("modes-c", modes=["SUBSCRIBE"])
         assert ok.event == "sockudo_internal:subscription_succeeded"
+
+
+@pytest.mark.parametrize(("connection_echo", "message_echo"), [(True, False), (False, True)])
+async def test_extras_echo_overrides_the_connection(
+    node: NodeProcess, connection_echo: bool, message_echo: bool
+) -> None:
+    channel = f"private-echo-x-{connection_echo}"
+    query = "" if connection_echo else "&echo_messages=false"
+    async with (
+        connect(v2_url(node, "json", query)) as a_raw,
+        connect(v2_url(node, "json")) as b_raw,
+    ):
+        a, b = V2(a_raw, "json"), V2(b_raw, "json")
+        for c in (a, b):
+            sid = await c.established()
+            auth = sign_channel_auth(APP_KEY, APP_SECRET, sid, channel)
+            await c.send("sockudo:subscribe", {"channel": channel, "auth": auth})
+            await c.recv()
+        env = wire.Envelope(
+            event="client-x",
+            channel=channel,
+            data=wire.Data.of_value({"k": 1}),
+            extras=wire.Extras(echo=message_echo),
+        )
+        await a.ws.send(wire.encode(env, "json"))
+        assert (await b.recv()).event == "client-x"
+        if message_echo:
+            assert (await a.recv()).event == "client-x"
+        else:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(a.ws.recv(), 0.5)
