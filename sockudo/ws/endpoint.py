@@ -145,6 +145,9 @@ async def websocket_v1(websocket: WebSocket) -> None:
     settings, hub = ctx.settings, ctx.hub
     app = settings.app_by_key(websocket.path_params["app_key"])
     rejection = admission_error(settings, hub, app, websocket.headers.get("origin", ""))
+    if rejection is None and protocol != 2 and "token" in params:
+        # Capability tokens are a V2 feature (spec 02 §11).
+        rejection = (4009, "Capability tokens require protocol V2")
     if rejection is not None:
         metrics.connection_error(app.id if app else "", _ERROR_TYPES.get(rejection[0], "other"))
         await _reject(websocket, egress, *rejection)

@@ -641,3 +641,10 @@ async def test_extras_echo_overrides_the_connection(
         else:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(a.ws.recv(), 0.5)
+
+
+async def test_capability_token_on_v1_is_refused_4009(node: NodeProcess) -> None:
+    async with connect(ws_url(node, query="protocol=7&token=abc")) as ws:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert (frame["event"], frame["data"]["code"]) == ("pusher:error", 4009)
+        assert await closed_with(ws) == 4009
