@@ -141,7 +141,7 @@ async def _presence_join(effect: PresenceJoin, env: SocketEnv) -> None:
         env.hub.subscribe(session.socket_id, channel, member=effect.user_id)
     members = services.channels.presence_members(app, channel)
     # The member list and the stream position are read now, at the hub join (no await).
-    streams.attach(env, channel, subscription_data(members), None)
+    streams.attach(env, channel, subscription_data(members), effect.rewind)
 
 
 def _signed_in(effect: SignedIn, env: SocketEnv) -> None:

@@ -63,6 +63,7 @@ class PresenceJoin:
     user_info_json: str | None
     rejoin: bool = False
     """Already a member on this socket: answer with the member list, append nothing."""
+    rewind: Rewind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +343,7 @@ class Session:
         # V2 options are validated before auth (spec 02 §5.2), applied only on success.
         options = self._v2_options(command) if self.out.protocol == 2 else (None, None)
         if info.is_presence:
-            return self._subscribe_presence(command, options[1])
+            return self._subscribe_presence(command, options[1], options[0])
         if info.requires_auth:
             if not command.auth:
                 raise v1.FrameError(v1.UNAUTHORIZED, "Missing channel auth", channel)
@@ -366,7 +367,9 @@ class Session:
             reply.join = channel
         return reply
 
-    def _subscribe_presence(self, command: v1.Subscribe, predicate: Predicate | None) -> Reply:
+    def _subscribe_presence(
+        self, command: v1.Subscribe, predicate: Predicate | None, rewind: Rewind | None = None
+    ) -> Reply:
         channel = command.channel
         if command.channel_data is None:
             raise v1.FrameError(v1.MALFORMED, "Presence subscribe requires channel_data", channel)
@@ -399,11 +402,16 @@ class Session:
         if channel in self.presence:
             return Reply(
                 frames=delta_frames,
-                effects=[PresenceJoin(channel, self.presence[channel], None, rejoin=True)],
+                effects=[
+                    PresenceJoin(channel, self.presence[channel], None, rejoin=True, rewind=rewind)
+                ],
             )
         self.presence[channel] = user_id
         self.channels.add(channel)
-        return Reply(frames=delta_frames, effects=[PresenceJoin(channel, user_id, info_json)])
+        return Reply(
+            frames=delta_frames,
+            effects=[PresenceJoin(channel, user_id, info_json, rewind=rewind)],
+        )
 
     def _v2_options(self, command: v1.Subscribe) -> tuple[Rewind | None, Predicate | None]:
         rewind = self._rewind(command)

@@ -648,3 +648,22 @@ async def test_capability_token_on_v1_is_refused_4009(node: NodeProcess) -> None
         frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
         assert (frame["event"], frame["data"]["code"]) == ("pusher:error", 4009)
         assert await closed_with(ws) == 4009
+
+
+async def test_rewind_on_a_presence_channel(node: NodeProcess, api: SignedClient) -> None:
+    channel = "presence-rewind"
+    await _publish_n(api, channel, 1, 3)
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        sid = await c.established()
+        data = json.dumps({"user_id": "rw"})
+        auth = sign_channel_auth(APP_KEY, APP_SECRET, sid, channel, data)
+        await c.send(
+            "sockudo:subscribe",
+            {"channel": channel, "auth": auth, "channel_data": data, "rewind": 2},
+        )
+        ack = await c.recv()
+        assert ack.event == "sockudo_internal:subscription_succeeded"
+        assert json.loads(value(ack))["presence"]["count"] == 1
+        assert [(await c.recv()).serial for _ in range(2)] == [2, 3]
+        assert (await c.recv()).event == "sockudo:rewind_complete"
