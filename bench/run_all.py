@@ -71,6 +71,7 @@ def main() -> None:
                 [str(ROOT / "tools/kafka-dev.sh"), "stop", "--dir", broker_dir.name], check=False
             )
             broker_dir.cleanup()
+    sections.append(("History pages (limit 100, embedded)", run("history_reads.py")))
     # After the broker is gone: fanout needs both cores (node, subscriber processes).
     sections.append(
         (

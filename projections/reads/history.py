@@ -188,16 +188,17 @@ def read_page(
                 has_more = True
                 break
             serial = keys.read_u64(key, len(gen))
+            message = row.message  # parsed once: the property decodes on every access
             items.append(
                 {
                     "stream_id": head.stream_id,
                     "serial": serial,
                     "published_at_ms": ts,
-                    "message_id": row.message.get("message_id"),
-                    "event_name": row.message.get("event"),
+                    "message_id": message.get("message_id"),
+                    "event_name": message.get("event"),
                     "operation_kind": "append",
                     "payload_size_bytes": row.size,
-                    "message": row.message,
+                    "message": message,
                 }
             )
 
