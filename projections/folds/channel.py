@@ -43,6 +43,7 @@ from sockudo.events.channel import (
     MessagePublished,
     PartitionGenesis,
     PartitionRebased,
+    Retention,
     StreamStateMarked,
 )
 
@@ -219,16 +220,10 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
         if ev.flags.persist:
             h = head.next_h
             row = HistoryRow(_message_json(ev, head.stream_id, h), ts, ctx.offset, d)
-            kv.put(keys.HISTORY, keys.history_key(ck, head.generation, h), row.encode())
+            append_row(kv, keys.HISTORY, ck, head, h, row)
             # Recovery replays by delivery serial (spec 02 §7.3): D → H of the stored row.
             kv.put(keys.DELIVERY, keys.history_key(ck, head.generation, d), keys.u64(h))
-            head.next_h = h + 1
-            head.retained_count += 1
-            head.retained_bytes += row.size
-            if head.oldest_serial is None:
-                head.oldest_serial, head.oldest_ts = h, ts
-            head.newest_serial, head.newest_ts = h, ts
-            _apply_retention(kv, ck, head, ev, ts)
+            apply_retention(kv, keys.HISTORY, ck, head, ev.retention, ts)
         state.set_head(ck, head)
         outcome = Outcome(
             kind=APPLIED,
@@ -298,11 +293,24 @@ def _delivery(
     )
 
 
-def _apply_retention(
-    kv: KV, ck: bytes, head: StreamHead, ev: MessagePublished, now_ms: int
+def append_row(kv: KV, cf: str, ck: bytes, head: StreamHead, serial: int, row: HistoryRow) -> None:
+    """Store ``row`` as the newest of the head's generation in ``cf``; the head counts it."""
+    kv.put(cf, keys.history_key(ck, head.generation, serial), row.encode())
+    head.next_h = serial + 1
+    head.retained_count += 1
+    head.retained_bytes += row.size
+    if head.oldest_serial is None:
+        head.oldest_serial, head.oldest_ts = serial, row.published_at_ms
+    head.newest_serial, head.newest_ts = serial, row.published_at_ms
+
+
+def apply_retention(
+    kv: KV, cf: str, ck: bytes, head: StreamHead, r: Retention, now_ms: int
 ) -> None:
-    """Drop the oldest rows while they break the record's retention policy (spec 03 §2.3)."""
-    r = ev.retention
+    """Drop the oldest rows of ``cf`` while they break retention ``r`` (spec 03 §2.3).
+
+    Shared by message history (``history``) and presence history (``presence_hist``).
+    """
     cutoff = now_ms - r.window_s * 1000 if r.window_s is not None else None
 
     def breaks_policy(oldest_ts: int | None) -> bool:
@@ -317,16 +325,16 @@ def _apply_retention(
     if not breaks_policy(head.oldest_ts):
         return
     gen_prefix = keys.history_gen_prefix(ck, head.generation)
-    for key, raw in kv.scan(keys.HISTORY, gen_prefix, keys.prefix_end(gen_prefix)):
+    for key, raw in list(kv.scan(cf, gen_prefix, keys.prefix_end(gen_prefix))):
         row = HistoryRow.decode(raw)
         if not breaks_policy(row.published_at_ms):
             break
-        _evict(kv, head, key, keys.read_u64(key, len(gen_prefix)), row)
-    _refresh_floor(kv, ck, head)
+        _evict(kv, cf, head, key, keys.read_u64(key, len(gen_prefix)), row)
+    _refresh_floor(kv, cf, ck, head)
 
 
-def _evict(kv: KV, head: StreamHead, key: bytes, serial: int, row: HistoryRow) -> None:
-    kv.delete(keys.HISTORY, key)
+def _evict(kv: KV, cf: str, head: StreamHead, key: bytes, serial: int, row: HistoryRow) -> None:
+    kv.delete(cf, key)
     if row.delivery_serial:
         gen_prefix = key[:-8]  # CK ‖ generation; the history serial is the last 8 bytes
         kv.delete(keys.DELIVERY, gen_prefix + keys.u64(row.delivery_serial))
@@ -336,10 +344,10 @@ def _evict(kv: KV, head: StreamHead, key: bytes, serial: int, row: HistoryRow) -
     head.evicted_through_time_ms = max(head.evicted_through_time_ms or 0, row.published_at_ms)
 
 
-def _refresh_floor(kv: KV, ck: bytes, head: StreamHead) -> None:
+def _refresh_floor(kv: KV, cf: str, ck: bytes, head: StreamHead) -> None:
     """Recompute the oldest retained row after evictions."""
     gen_prefix = keys.history_gen_prefix(ck, head.generation)
-    for key, raw in kv.scan(keys.HISTORY, gen_prefix, keys.prefix_end(gen_prefix)):
+    for key, raw in kv.scan(cf, gen_prefix, keys.prefix_end(gen_prefix)):
         head.oldest_serial = keys.read_u64(key, len(gen_prefix))
         head.oldest_ts = HistoryRow.decode(raw).published_at_ms
         return
@@ -355,7 +363,7 @@ def _reset(state: ChannelState, ctx: RecordContext, ev: HistoryReset) -> FoldRes
     purged_count = purged_bytes = 0
     if old is not None:
         purged_count, purged_bytes = old.retained_count, old.retained_bytes
-        _delete_generation(state.kv, ck, old)
+        delete_generation(state.kv, ck, old.generation)
     new = StreamHead(
         stream_id=ev.new_stream_id,
         generation=(old.generation + 1) if old is not None else 1,
@@ -377,9 +385,12 @@ def _reset(state: ChannelState, ctx: RecordContext, ev: HistoryReset) -> FoldRes
     )
 
 
-def _delete_generation(kv: KV, ck: bytes, head: StreamHead) -> None:
-    gen_prefix = keys.history_gen_prefix(ck, head.generation)
-    for cf in (keys.HISTORY, keys.DELIVERY):
+def delete_generation(
+    kv: KV, ck: bytes, generation: int, cfs: tuple[str, ...] = (keys.HISTORY, keys.DELIVERY)
+) -> None:
+    """Drop every row of one stream generation from ``cfs``."""
+    gen_prefix = keys.history_gen_prefix(ck, generation)
+    for cf in cfs:
         for key, _ in list(kv.scan(cf, gen_prefix, keys.prefix_end(gen_prefix))):
             kv.delete(cf, key)
 
@@ -403,8 +414,8 @@ def _purge(state: ChannelState, ctx: RecordContext, ev: HistoryPurged) -> FoldRe
                 ev.before_time_ms is not None and row.published_at_ms < ev.before_time_ms
             ):
                 break  # record times never decrease within a generation
-            _evict(kv, head, key, serial, row)
-        _refresh_floor(kv, ck, head)
+            _evict(kv, keys.HISTORY, head, key, serial, row)
+        _refresh_floor(kv, keys.HISTORY, ck, head)
         state.set_head(ck, head)
         purged_count = before_count - head.retained_count
         purged_bytes = before_bytes - head.retained_bytes
@@ -448,7 +459,7 @@ def _rebase(state: ChannelState, ctx: RecordContext, ev: PartitionRebased) -> Fo
         app_id, channel = keys.split_channel_prefix(ck)
         old = state.head(ck)
         assert old is not None
-        _delete_generation(state.kv, ck, old)
+        delete_generation(state.kv, ck, old.generation)
         state.set_head(
             ck,
             StreamHead(

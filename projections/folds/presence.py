@@ -22,6 +22,9 @@ from projections.folds.channel import (
     ChannelState,
     FoldResult,
     RecordContext,
+    append_row,
+    apply_retention,
+    delete_generation,
     fold_record,
     seen_event,
 )
@@ -127,24 +130,10 @@ def _join(kv: KV, ctx: RecordContext, ev: PresenceMemberJoined) -> FoldResult:
     ck = keys.channel_prefix(ev.app_id, ev.channel)
     if kv.get(keys.DEAD_NODES, keys.dead_node_key(ctx.partition, ev.incarnation)) is not None:
         # A join that raced its node's death: the node is gone, so is the connection.
-        return FoldResult(
-            Outcome(
-                kind=IGNORED,
-                app_id=ev.app_id,
-                channel=ev.channel,
-                details={"reason": "dead_incarnation"},
-            )
-        )
+        return _outcome(IGNORED, ev.app_id, ev.channel, reason="dead_incarnation")
     conn = keys.connection_key(ck, ev.user_id, ev.incarnation, ev.socket_id)
     if kv.get(keys.PRESENCE, conn) is not None:
-        return FoldResult(
-            Outcome(
-                kind=IGNORED,
-                app_id=ev.app_id,
-                channel=ev.channel,
-                details={"reason": "already_joined"},
-            )
-        )
+        return _outcome(IGNORED, ev.app_id, ev.channel, reason="already_joined")
     kv.put(keys.PRESENCE, conn, dumps({"i": ev.user_info_json, "o": ctx.offset}))
     kv.put(
         keys.BY_NODE,
@@ -157,34 +146,21 @@ def _join(kv: KV, ctx: RecordContext, ev: PresenceMemberJoined) -> FoldResult:
         member = json.loads(raw)
         member["n"] += 1  # another tab of a present user: no edge, first info wins
         kv.put(keys.PRESENCE_USERS, member_key, dumps(member))
-        return FoldResult(
-            Outcome(kind=JOINED, app_id=ev.app_id, channel=ev.channel, details={"edge": None})
-        )
+        return _outcome(JOINED, ev.app_id, ev.channel, edge=None)
     kv.put(keys.PRESENCE_USERS, member_key, dumps({"n": 1, "i": ev.user_info_json}))
-    info = json.loads(ev.user_info_json) if ev.user_info_json is not None else {}
-    details: dict[str, Any] = {"edge": MEMBER_ADDED}
-    if ev.flags.presence_history:
-        details["presence_serial"] = _record(
-            kv,
-            ctx,
-            ck,
-            ev.event_id,
-            ev.retention,
-            event=MEMBER_ADDED,
-            cause="join",
-            user_id=ev.user_id,
-            socket_id=ev.socket_id,
-            user_info=info,
-            dead_node_id=None,
-        )
-    data = dumps({"user_id": ev.user_id, "user_info": info}).decode()
-    deliveries = (
-        (_edge(ev.app_id, ev.channel, MEMBER_ADDED, data, ev.user_id, ev.event_id, ctx),)
-        if ctx.deliver
-        else ()
-    )
-    return FoldResult(
-        Outcome(kind=JOINED, app_id=ev.app_id, channel=ev.channel, details=details), deliveries
+    return _member_edge(
+        kv,
+        ctx,
+        JOINED,
+        MEMBER_ADDED,
+        ev.app_id,
+        ev.channel,
+        ev.user_id,
+        ev.socket_id,
+        _info(ev.user_info_json),
+        event_id=ev.event_id,
+        retention=ev.retention if ev.flags.presence_history else None,
+        cause="join",
     )
 
 
@@ -207,9 +183,7 @@ def _leave(
     conn = keys.connection_key(ck, user_id, incarnation, socket_id)
     raw_conn = kv.get(keys.PRESENCE, conn)
     if raw_conn is None:
-        return FoldResult(
-            Outcome(kind=IGNORED, app_id=app_id, channel=channel, details={"reason": "not_joined"})
-        )
+        return _outcome(IGNORED, app_id, channel, reason="not_joined")
     kv.delete(keys.PRESENCE, conn)
     kv.delete(keys.BY_NODE, keys.by_node_key(ctx.partition, incarnation, ck, user_id, socket_id))
     member_key = keys.member_key(ck, user_id)
@@ -218,34 +192,22 @@ def _leave(
     if member["n"] > 1:
         member["n"] -= 1
         kv.put(keys.PRESENCE_USERS, member_key, dumps(member))
-        return FoldResult(
-            Outcome(kind=LEFT, app_id=app_id, channel=channel, details={"edge": None})
-        )
+        return _outcome(LEFT, app_id, channel, edge=None)
     kv.delete(keys.PRESENCE_USERS, member_key)
-    details: dict[str, Any] = {"edge": MEMBER_REMOVED}
-    if history:
-        info = json.loads(member["i"]) if member["i"] is not None else {}
-        details["presence_serial"] = _record(
-            kv,
-            ctx,
-            ck,
-            event_id,
-            retention,
-            event=MEMBER_REMOVED,
-            cause=HISTORY_CAUSES.get(cause, "disconnect"),
-            user_id=user_id,
-            socket_id=socket_id,
-            user_info=info,
-            dead_node_id=dead_node_id,
-        )
-    data = dumps({"user_id": user_id}).decode()
-    deliveries = (
-        (_edge(app_id, channel, MEMBER_REMOVED, data, user_id, event_id, ctx),)
-        if ctx.deliver
-        else ()
-    )
-    return FoldResult(
-        Outcome(kind=LEFT, app_id=app_id, channel=channel, details=details), deliveries
+    return _member_edge(
+        kv,
+        ctx,
+        LEFT,
+        MEMBER_REMOVED,
+        app_id,
+        channel,
+        user_id,
+        socket_id,
+        _info(member["i"]),
+        event_id=event_id,
+        retention=retention if history else None,
+        cause=HISTORY_CAUSES.get(cause, "disconnect"),
+        dead_node_id=dead_node_id,
     )
 
 
@@ -254,11 +216,7 @@ def _update(kv: KV, ctx: RecordContext, ev: PresenceMemberUpdated) -> FoldResult
     conn = keys.connection_key(ck, ev.user_id, ev.incarnation, ev.socket_id)
     raw_conn = kv.get(keys.PRESENCE, conn)
     if raw_conn is None:
-        return FoldResult(
-            Outcome(
-                kind=IGNORED, app_id=ev.app_id, channel=ev.channel, details={"reason": "not_joined"}
-            )
-        )
+        return _outcome(IGNORED, ev.app_id, ev.channel, reason="not_joined")
     connection = json.loads(raw_conn)
     connection["i"] = ev.user_info_json
     kv.put(keys.PRESENCE, conn, dumps(connection))
@@ -266,30 +224,72 @@ def _update(kv: KV, ctx: RecordContext, ev: PresenceMemberUpdated) -> FoldResult
     member = json.loads(kv.get(keys.PRESENCE_USERS, member_key) or b'{"n":1,"i":null}')
     member["i"] = ev.user_info_json
     kv.put(keys.PRESENCE_USERS, member_key, dumps(member))
-    info = json.loads(ev.user_info_json) if ev.user_info_json is not None else {}
-    details: dict[str, Any] = {"edge": MEMBER_UPDATED}
-    if ev.flags.presence_history:
+    return _member_edge(
+        kv,
+        ctx,
+        UPDATED,
+        MEMBER_UPDATED,
+        ev.app_id,
+        ev.channel,
+        ev.user_id,
+        ev.socket_id,
+        _info(ev.user_info_json),
+        event_id=ev.event_id,
+        retention=ev.retention if ev.flags.presence_history else None,
+        cause="join",
+    )
+
+
+def _info(user_info_json: str | None) -> Any:
+    return json.loads(user_info_json) if user_info_json is not None else {}
+
+
+def _outcome(kind: str, app_id: str, channel: str, **details: Any) -> FoldResult:
+    return FoldResult(Outcome(kind=kind, app_id=app_id, channel=channel, details=details))
+
+
+def _member_edge(
+    kv: KV,
+    ctx: RecordContext,
+    kind: str,
+    edge: str,
+    app_id: str,
+    channel: str,
+    user_id: str,
+    socket_id: str,
+    info: Any,
+    *,
+    event_id: str | None,
+    retention: Retention | None,
+    cause: str,
+    dead_node_id: str | None = None,
+) -> FoldResult:
+    """A user-level edge: its presence-history row (``retention`` given) and its delivery."""
+    details: dict[str, Any] = {"edge": edge}
+    if retention is not None:
         details["presence_serial"] = _record(
             kv,
             ctx,
-            ck,
-            ev.event_id,
-            ev.retention,
-            event=MEMBER_UPDATED,
-            cause="join",
-            user_id=ev.user_id,
-            socket_id=ev.socket_id,
+            keys.channel_prefix(app_id, channel),
+            event_id,
+            retention,
+            event=edge,
+            cause=cause,
+            user_id=user_id,
+            socket_id=socket_id,
             user_info=info,
-            dead_node_id=None,
+            dead_node_id=dead_node_id,
         )
-    data = dumps({"user_id": ev.user_id, "user_info": info}).decode()
+    body = (
+        {"user_id": user_id} if edge == MEMBER_REMOVED else {"user_id": user_id, "user_info": info}
+    )
     deliveries = (
-        (_edge(ev.app_id, ev.channel, MEMBER_UPDATED, data, ev.user_id, ev.event_id, ctx),)
+        (_edge(app_id, channel, edge, dumps(body).decode(), user_id, event_id, ctx),)
         if ctx.deliver
         else ()
     )
     return FoldResult(
-        Outcome(kind=UPDATED, app_id=ev.app_id, channel=ev.channel, details=details), deliveries
+        Outcome(kind=kind, app_id=app_id, channel=channel, details=details), deliveries
     )
 
 
@@ -411,14 +411,8 @@ def _record(
         "dead_node_id": dead_node_id,
     }
     row = HistoryRow(dumps(transition), ts, ctx.offset)
-    kv.put(keys.PRESENCE_HIST, keys.history_key(ck, head.generation, p), row.encode())
-    head.next_h = p + 1
-    head.retained_count += 1
-    head.retained_bytes += row.size
-    if head.oldest_serial is None:
-        head.oldest_serial, head.oldest_ts = p, ts
-    head.newest_serial, head.newest_ts = p, ts
-    _retain(kv, ck, head, retention, ts)
+    append_row(kv, keys.PRESENCE_HIST, ck, head, p, row)
+    apply_retention(kv, keys.PRESENCE_HIST, ck, head, retention, ts)
     kv.put(keys.PSTREAMS, ck, head.encode())
     return p
 
@@ -432,41 +426,6 @@ def _presence_stream_id(seed: str, app_id: str, channel: str) -> str:
     return str(uuid.uuid5(namespace, f"presence\x00{app_id}\x00{channel}"))
 
 
-def _retain(kv: KV, ck: bytes, head: StreamHead, r: Retention, now_ms: int) -> None:
-    """Drop the oldest transitions while they break the retention in force (spec 03 §2.3)."""
-    cutoff = now_ms - r.window_s * 1000 if r.window_s is not None else None
-
-    def breaks(oldest_ts: int | None) -> bool:
-        if head.retained_count == 0:
-            return False
-        if cutoff is not None and oldest_ts is not None and oldest_ts < cutoff:
-            return True
-        if r.max_count is not None and head.retained_count > r.max_count:
-            return True
-        return r.max_bytes is not None and head.retained_bytes > r.max_bytes
-
-    if not breaks(head.oldest_ts):
-        return
-    gen_prefix = keys.history_gen_prefix(ck, head.generation)
-    for key, raw in list(kv.scan(keys.PRESENCE_HIST, gen_prefix, keys.prefix_end(gen_prefix))):
-        row = HistoryRow.decode(raw)
-        if not breaks(row.published_at_ms):
-            break
-        kv.delete(keys.PRESENCE_HIST, key)
-        head.retained_count -= 1
-        head.retained_bytes -= row.size
-        serial = keys.read_u64(key, len(gen_prefix))
-        head.evicted_through_serial = max(head.evicted_through_serial or 0, serial)
-        head.evicted_through_time_ms = max(head.evicted_through_time_ms or 0, row.published_at_ms)
-    head.oldest_serial = head.oldest_ts = None
-    for key, raw in kv.scan(keys.PRESENCE_HIST, gen_prefix, keys.prefix_end(gen_prefix)):
-        head.oldest_serial = keys.read_u64(key, len(gen_prefix))
-        head.oldest_ts = HistoryRow.decode(raw).published_at_ms
-        break
-    if head.oldest_serial is None:
-        head.newest_serial = head.newest_ts = None
-
-
 def _reset(kv: KV, ctx: RecordContext, ev: PresenceHistoryReset) -> FoldResult:
     """New presence generation; retained transitions are dropped, live membership stays."""
     ck = keys.channel_prefix(ev.app_id, ev.channel)
@@ -474,9 +433,7 @@ def _reset(kv: KV, ctx: RecordContext, ev: PresenceHistoryReset) -> FoldResult:
     purged = 0
     if old is not None:
         purged = old.retained_count
-        gen_prefix = keys.history_gen_prefix(ck, old.generation)
-        for key, _ in list(kv.scan(keys.PRESENCE_HIST, gen_prefix, keys.prefix_end(gen_prefix))):
-            kv.delete(keys.PRESENCE_HIST, key)
+        delete_generation(kv, ck, old.generation, (keys.PRESENCE_HIST,))
     new = StreamHead(
         stream_id=ev.new_stream_id,
         generation=(old.generation + 1) if old is not None else 1,
