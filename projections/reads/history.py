@@ -21,6 +21,15 @@ from sockudo.errors import ApiError, StreamNotHealthy
 NEWEST_FIRST = "newest_first"
 OLDEST_FIRST = "oldest_first"
 MAX_CURSOR_BYTES = 16 * 1024
+DIRECTIONS = {
+    "newest_first": NEWEST_FIRST,
+    "backwards": NEWEST_FIRST,
+    "reverse": NEWEST_FIRST,
+    "oldest_first": OLDEST_FIRST,
+    "forwards": OLDEST_FIRST,
+    "forward": OLDEST_FIRST,
+}
+"""Accepted ``direction`` values and their aliases (spec 03 §3.1, spec 02 §8.1)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ failure code and reason. Pure over a KV reader and the hot entries passed in.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +122,54 @@ def evaluate(
         deliveries = deliveries[1:]
     head_message_id = _message_id_at(hot, kv, ck, head, h)
     return Recovered(source, deliveries, current, h, head_message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Newest:
+    """The newest stored messages of a channel (rewind, spec 02 §5.6), oldest first."""
+
+    deliveries: list[Delivery]
+    more: bool
+    """More matching rows existed than were taken, or the scan limit cut the search."""
+    head: StreamHead | None
+
+
+def newest_messages(
+    kv: KVReader,
+    app_id: str,
+    channel: str,
+    *,
+    limit: int,
+    since_ms: int | None,
+    scan_limit: int,
+    accept: Callable[[Delivery], bool] | None = None,
+) -> Newest:
+    """Up to ``limit`` newest rows published at or after ``since_ms`` that ``accept`` takes."""
+    ck = keys.channel_prefix(app_id, channel)
+    raw = kv.get(keys.STREAMS, ck)
+    head = StreamHead.decode(raw) if raw is not None else None
+    picked: list[Delivery] = []
+    more = False
+    if head is not None and head.retained_count:
+        gen = keys.history_gen_prefix(ck, head.generation)
+        for scanned, (_key, raw_row) in enumerate(
+            kv.scan(keys.HISTORY, gen, keys.prefix_end(gen), reverse=True), start=1
+        ):
+            if scanned > scan_limit:
+                more = True
+                break
+            row = HistoryRow.decode(raw_row)
+            if since_ms is not None and row.published_at_ms < since_ms:
+                break
+            d = delivery_of_row(app_id, channel, head.stream_id, row.delivery_serial, row)
+            if accept is not None and not accept(d):
+                continue
+            if len(picked) == limit:
+                more = True
+                break
+            picked.append(d)
+    picked.reverse()
+    return Newest(picked, more, head)
 
 
 def _oldest_delivery(kv: KVReader, ck: bytes, head: StreamHead | None) -> int | None:

@@ -9,22 +9,13 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from projections.reads.history import NEWEST_FIRST, OLDEST_FIRST, HistoryQuery, decode_cursor
+from projections.reads.history import DIRECTIONS, HistoryQuery, decode_cursor
 from sockudo.channels import resolve_channel_policy, validate_channel_name
 from sockudo.config import AppConfig, Settings
 from sockudo.errors import ApiError
 from sockudo.http.context import HttpContext, context
 from sockudo.http.signed import authenticate
 from sockudo.node.services import StreamControl
-
-_DIRECTIONS = {
-    "newest_first": NEWEST_FIRST,
-    "backwards": NEWEST_FIRST,
-    "reverse": NEWEST_FIRST,
-    "oldest_first": OLDEST_FIRST,
-    "forwards": OLDEST_FIRST,
-    "forward": OLDEST_FIRST,
-}
 
 
 def _invalid(message: str) -> ApiError:
@@ -46,7 +37,7 @@ def _int_param(params: QueryParams, name: str, alias: str | None = None) -> int 
 def parse_history_query(params: QueryParams, settings: Settings) -> HistoryQuery:
     """Validate query parameters in the order of spec 03 §3.1."""
     raw_dir = params.get("direction", "newest_first")
-    direction = _DIRECTIONS.get(raw_dir.lower())
+    direction = DIRECTIONS.get(raw_dir.lower())
     if direction is None:
         raise _invalid(
             f"Invalid direction '{raw_dir}'. Accepted values: newest_first, oldest_first, "

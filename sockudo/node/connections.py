@@ -12,8 +12,10 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from projections.folds.state import IGNORED, Outcome
+from projections.reads import presence as presence_reads
 from projections.store import keys
 from sockudo.channels import resolve_channel_policy
 from sockudo.config import AppConfig
@@ -70,68 +72,47 @@ class ConnectionService:
 
     # --- presence ---------------------------------------------------------------------------
 
+    def _presence_fields(
+        self, app: AppConfig, channel: str, socket_id: str, user_id: str
+    ) -> dict[str, Any]:
+        """What every ``presence.*`` record of one connection carries."""
+        flags, retention = self._presence_policy(app, channel)
+        return {
+            "event_id": str(uuid.uuid4()),
+            "app_id": app.id,
+            "channel": channel,
+            "origin": self._origin(socket_id, user_id),
+            "user_id": user_id,
+            "socket_id": socket_id,
+            "incarnation": self.runtime.incarnation,
+            "flags": flags,
+            "retention": retention,
+        }
+
     async def join(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, user_info_json: str | None
     ) -> Outcome:
-        flags, retention = self._presence_policy(app, channel)
+        fields = self._presence_fields(app, channel, socket_id, user_id)
         return await self.channels.append_and_wait(
-            PresenceMemberJoined(
-                event_id=str(uuid.uuid4()),
-                app_id=app.id,
-                channel=channel,
-                origin=self._origin(socket_id, user_id),
-                user_id=user_id,
-                socket_id=socket_id,
-                incarnation=self.runtime.incarnation,
-                user_info_json=user_info_json,
-                flags=flags,
-                retention=retention,
-            )
+            PresenceMemberJoined(**fields, user_info_json=user_info_json)
         )
 
     async def leave(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, cause: str
     ) -> None:
-        flags, retention = self._presence_policy(app, channel)
-        await self.channels.append(
-            PresenceMemberLeft(
-                event_id=str(uuid.uuid4()),
-                app_id=app.id,
-                channel=channel,
-                origin=self._origin(socket_id, user_id),
-                user_id=user_id,
-                socket_id=socket_id,
-                incarnation=self.runtime.incarnation,
-                cause=cause,
-                flags=flags,
-                retention=retention,
-            )
-        )
+        fields = self._presence_fields(app, channel, socket_id, user_id)
+        await self.channels.append(PresenceMemberLeft(**fields, cause=cause))
 
     async def update(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, user_info_json: str
     ) -> None:
-        flags, retention = self._presence_policy(app, channel)
-        await self.channels.append(
-            PresenceMemberUpdated(
-                event_id=str(uuid.uuid4()),
-                app_id=app.id,
-                channel=channel,
-                origin=self._origin(socket_id, user_id),
-                user_id=user_id,
-                socket_id=socket_id,
-                incarnation=self.runtime.incarnation,
-                user_info_json=user_info_json,
-                flags=flags,
-                retention=retention,
-            )
-        )
+        fields = self._presence_fields(app, channel, socket_id, user_id)
+        await self.channels.append(PresenceMemberUpdated(**fields, user_info_json=user_info_json))
 
     def is_member(self, app: AppConfig, channel: str, user_id: str) -> bool:
         store = self.runtime.store
         assert store is not None
-        key = keys.member_key(keys.channel_prefix(app.id, channel), user_id)
-        return store.get(keys.PRESENCE_USERS, key) is not None
+        return presence_reads.member(store, app.id, channel, user_id) is not None
 
     # --- client events ----------------------------------------------------------------------
 

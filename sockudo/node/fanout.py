@@ -52,31 +52,28 @@ class Fanout:
                 self._message(d)
             elif d.kind in (MEMBER_ADDED, MEMBER_REMOVED):
                 # The joining socket is not in the hub yet, so it never sees its own edge.
-                frames: dict[str, Frame] = {}
-                for outbox in self.hub.subscribers(d.app_id, d.channel):
-                    frame = frames.get(outbox.egress.key)
-                    if frame is None:
-                        frame = frames[outbox.egress.key] = outbox.egress.presence_edge(
-                            d.kind, d.channel, d.data
-                        )
-                    self._offer(outbox, frame)
+                self._presence(d, d.kind, v2_only=False)
+            elif d.kind == MEMBER_UPDATED:
+                # V2 only, the sender included (spec 02 §12); V1 members get nothing.
+                self._presence(d, "presence_update", v2_only=True)
             elif d.kind == CLOSE_USER:
                 code, reason = RECONNECT if d.data == "reconnect" else TERMINATE
                 for outbox in self.hub.sockets_of_user(d.app_id, d.user_id or ""):
                     outbox.close_cause = "terminated"
                     outbox.request_close(code, reason)
-            elif d.kind == MEMBER_UPDATED:
-                # V2 only, the sender included (spec 02 §12); V1 members get nothing.
-                updates: dict[str, Frame] = {}
-                for outbox in self.hub.subscribers(d.app_id, d.channel):
-                    if outbox.egress.protocol != 2:
-                        continue
-                    update = updates.get(outbox.egress.key)
-                    if update is None:
-                        update = updates[outbox.egress.key] = outbox.egress.presence_edge(
-                            "presence_update", d.channel, d.data
-                        )
-                    self._offer(outbox, update)
+
+    def _presence(self, d: Delivery, name: str, *, v2_only: bool) -> None:
+        """A presence frame to the channel's subscribers, built once per (protocol, format)."""
+        frames: dict[str, Frame] = {}
+        for outbox in self.hub.subscribers(d.app_id, d.channel):
+            if v2_only and outbox.egress.protocol != 2:
+                continue
+            frame = frames.get(outbox.egress.key)
+            if frame is None:
+                frame = frames[outbox.egress.key] = outbox.egress.presence_edge(
+                    name, d.channel, d.data
+                )
+            self._offer(outbox, frame)
 
     def _message(self, d: Delivery) -> None:
         self.hot.add(d)

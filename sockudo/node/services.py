@@ -11,15 +11,17 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from projections.folds.state import CONFLICT, DUPLICATE, Outcome, StreamHead
+from projections.folds.state import CONFLICT, DUPLICATE, HEALTHY, Delivery, Outcome, StreamHead
 from projections.reads import cache as cache_reads
 from projections.reads import history as history_reads
 from projections.reads import presence as presence_reads
+from projections.reads import recovery as recovery_reads
 from projections.store import keys
+from projections.store.rocks import Stall
 from sockudo import metrics
 from sockudo.channels import ChannelPolicy, resolve_channel_policy
 from sockudo.config import AppConfig, Settings
@@ -57,6 +59,10 @@ class PublishRequest:
     message_id: str | None = None
     client_event: bool = False
     user_id: str | None = None
+
+
+REWIND_SCAN_FACTOR = 16
+"""Rewind scans at most this many times ``max_page_size`` stored rows (spec 02 §5.6)."""
 
 
 class ChannelService:
@@ -210,7 +216,7 @@ class ChannelService:
             app.id,
             channel,
             query,
-            stall=self._stall(app.id, channel),
+            stall=self.stall(app.id, channel),
             node_id=self.settings.node_id,
         )
 
@@ -220,7 +226,7 @@ class ChannelService:
         return {
             "channel": channel,
             "stream": history_reads.stream_summary(
-                store, app.id, channel, self._stall(app.id, channel), self.settings.node_id
+                store, app.id, channel, self.stall(app.id, channel), self.settings.node_id
             ),
         }
 
@@ -277,7 +283,63 @@ class ChannelService:
         assert store is not None
         return cache_reads.cached(store, app.id, channel, int(time.time() * 1000))
 
-    def _stall(self, app_id: str, channel: str) -> Any:
+    def stream_healthy(self, app: AppConfig, channel: str) -> bool:
+        """The channel's stream is healthy and this node's fold of it is not stalled."""
+        store = self.runtime.store
+        assert store is not None
+        head = history_reads.read_head(store, app.id, channel)
+        healthy = head is None or head.durable_state == HEALTHY
+        return healthy and self.stall(app.id, channel) is None
+
+    def recover(
+        self,
+        app: AppConfig,
+        channel: str,
+        position: recovery_reads.Position,
+        *,
+        hot: Sequence[Delivery],
+        upto: int,
+        max_buffer: int,
+    ) -> recovery_reads.Recovered | recovery_reads.Failed:
+        """Spec 02 §7.3 for one channel: the replay, or why there is none."""
+        store = self.runtime.store
+        assert store is not None
+        return recovery_reads.evaluate(
+            store,
+            app.id,
+            channel,
+            position,
+            hot=hot,
+            upto=upto,
+            max_buffer=max_buffer,
+            history_enabled=resolve_channel_policy(channel, app, self.settings).history_enabled,
+            stalled=self.stall(app.id, channel) is not None,
+        )
+
+    def newest_messages(
+        self,
+        app: AppConfig,
+        channel: str,
+        *,
+        limit: int,
+        since_ms: int | None,
+        accept: Callable[[Delivery], bool] | None,
+    ) -> recovery_reads.Newest:
+        """Rewind's selection: newest matching stored messages, scanning a bounded window."""
+        store = self.runtime.store
+        assert store is not None
+        return recovery_reads.newest_messages(
+            store,
+            app.id,
+            channel,
+            limit=limit,
+            since_ms=since_ms,
+            scan_limit=REWIND_SCAN_FACTOR * self.settings.history_max_page_size,
+            accept=accept,
+        )
+
+    def stall(self, app_id: str, channel: str) -> Stall | None:
+        """This node's stall of the channel's partition, if its fold stopped there."""
         runner = self.runtime.runner
         if runner is None:
             return None

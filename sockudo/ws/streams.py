@@ -10,38 +10,28 @@ the projection shows, and later messages reach the socket through fanout, after 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from projections.folds.state import HEALTHY, HistoryRow
 from projections.reads import history as history_reads
 from projections.reads import recovery
 from projections.reads.history import HistoryQuery
-from projections.store import keys
-from sockudo.channels import resolve_channel_policy
 from sockudo.errors import ApiError, StreamNotHealthy
 from sockudo.node.replay import MAX_BUFFER_SIZE
 from sockudo.ws import v1
 from sockudo.ws.predicates import MessageView
 from sockudo.ws.session import RESUME_PENDING_TTL_S, Rewind, not_attached
 
-SCAN_FACTOR = 16
-"""Rewind scans at most this many times ``max_page_size`` stored rows (spec 02 §5.6)."""
-
-_DIRECTIONS = {
-    "newest_first": history_reads.NEWEST_FIRST,
-    "backwards": history_reads.NEWEST_FIRST,
-    "reverse": history_reads.NEWEST_FIRST,
-    "oldest_first": history_reads.OLDEST_FIRST,
-    "forwards": history_reads.OLDEST_FIRST,
-    "forward": history_reads.OLDEST_FIRST,
-}
+if TYPE_CHECKING:  # effects.py imports this module
+    from sockudo.ws.effects import SocketEnv
 
 
-def attach(env: Any, channel: str, data: dict[str, Any] | None, rewind: Rewind | None) -> None:
+def attach(
+    env: SocketEnv, channel: str, data: dict[str, Any] | None, rewind: Rewind | None
+) -> None:
     """Success frame at the current position, then a pending resume or the rewind."""
     services = env.connections.channels
     stream_id, head, attach_serial = services.attach_position(env.app, channel)
-    if rewind is not None and not _healthy(env, channel):
+    if rewind is not None and not services.stream_healthy(env.app, channel):
         # Fail closed before anything is delivered (spec 02 §5.2): undo the join.
         env.hub.unsubscribe(env.session.socket_id, channel)
         env.session.channels.discard(channel)
@@ -87,7 +77,7 @@ def attach(env: Any, channel: str, data: dict[str, Any] | None, rewind: Rewind |
             _rewind(env, channel, rewind)
 
 
-def resume(env: Any, positions: dict[str, recovery.Position]) -> None:
+def resume(env: SocketEnv, positions: dict[str, recovery.Position]) -> None:
     """Replay attached channels now; park the others until they are subscribed (§7.5, §7.6)."""
     summaries: list[tuple[str, dict[str, Any]]] = []
     pending: list[str] = []
@@ -104,26 +94,20 @@ def resume(env: Any, positions: dict[str, recovery.Position]) -> None:
 
 
 def _evaluate(
-    env: Any, channel: str, position: recovery.Position, *, upto: int
+    env: SocketEnv, channel: str, position: recovery.Position, *, upto: int
 ) -> recovery.Recovered | recovery.Failed:
-    services = env.connections.channels
-    store = services.runtime.store
-    assert store is not None
-    return recovery.evaluate(
-        store,
-        env.app.id,
+    return env.connections.channels.recover(
+        env.app,
         channel,
         position,
         hot=env.hot.get(env.app.id, channel),
         upto=upto,
         max_buffer=MAX_BUFFER_SIZE,
-        history_enabled=resolve_channel_policy(channel, env.app, services.settings).history_enabled,
-        stalled=services._stall(env.app.id, channel) is not None,
     )
 
 
 def _send_result(
-    env: Any, channel: str, result: recovery.Recovered | recovery.Failed
+    env: SocketEnv, channel: str, result: recovery.Recovered | recovery.Failed
 ) -> tuple[str, dict[str, Any]]:
     """Send the replay (or the failure); the entry for the aggregate ``resume_success``."""
     egress = env.outbox.egress
@@ -160,50 +144,27 @@ def _aggregate(summaries: list[tuple[str, dict[str, Any]]], pending: list[str]) 
     }
 
 
-def _healthy(env: Any, channel: str) -> bool:
-    services = env.connections.channels
-    store = services.runtime.store
-    head = history_reads.read_head(store, env.app.id, channel)
-    stall = services._stall(env.app.id, channel)
-    return stall is None and (head is None or head.durable_state == HEALTHY)
-
-
 # --- rewind ---------------------------------------------------------------------------------
 
 
-def _rewind(env: Any, channel: str, rewind: Rewind) -> None:
+def _rewind(env: SocketEnv, channel: str, rewind: Rewind) -> None:
     """Newest matching stored messages, oldest first, then ``rewind_complete`` (§5.6)."""
     services = env.connections.channels
-    store = services.runtime.store
     cap = services.settings.history_max_page_size
-    head = history_reads.read_head(store, env.app.id, channel)
     predicate = env.session.predicates.get(channel)
     wanted = min(rewind.count, cap) if rewind.count is not None else cap
     cutoff = int(time.time() * 1000) - rewind.seconds * 1000 if rewind.seconds is not None else None
-    picked: list[Any] = []
-    more = False
-    if head is not None and head.retained_count:
-        ck = keys.channel_prefix(env.app.id, channel)
-        gen = keys.history_gen_prefix(ck, head.generation)
-        scanned = 0
-        for _key, raw in store.scan(keys.HISTORY, gen, keys.prefix_end(gen), reverse=True):
-            scanned += 1
-            if scanned > SCAN_FACTOR * cap:
-                more = True
-                break
-            row = HistoryRow.decode(raw)
-            if cutoff is not None and row.published_at_ms < cutoff:
-                break
-            d = recovery.delivery_of_row(
-                env.app.id, channel, head.stream_id, row.delivery_serial, row
-            )
-            if predicate is not None and not predicate.matches(MessageView.of_delivery(d)):
-                continue
-            if len(picked) == wanted:
-                more = True
-                break
-            picked.append(d)
-    for d in reversed(picked):
+    newest = services.newest_messages(
+        env.app,
+        channel,
+        limit=wanted,
+        since_ms=cutoff,
+        accept=None
+        if predicate is None
+        else lambda d: predicate.matches(MessageView.of_delivery(d)),
+    )
+    picked, more, head = newest.deliveries, newest.more, newest.head
+    for d in picked:
         env.outbox.offer(env.outbox.egress.message(d))
     # A count rewind asked for exactly n: older messages beyond it are not a truncation unless
     # the cap cut n; a seconds rewind is truncated when its window held more than was sent.
@@ -232,7 +193,7 @@ def _rewind(env: Any, channel: str, rewind: Rewind) -> None:
 # --- history over the WebSocket ---------------------------------------------------------------
 
 
-def history(env: Any, channel: str, request: dict[str, Any]) -> None:
+def history(env: SocketEnv, channel: str, request: dict[str, Any]) -> None:
     """One ``sockudo:channel_history`` page (spec 02 §8)."""
     egress = env.outbox.egress
     services = env.connections.channels
@@ -264,7 +225,9 @@ class _Invalid(ValueError):
     pass
 
 
-def _query(env: Any, channel: str, r: dict[str, Any], settings: Any) -> tuple[HistoryQuery, bool]:
+def _query(
+    env: SocketEnv, channel: str, r: dict[str, Any], settings: Any
+) -> tuple[HistoryQuery, bool]:
     limit_raw = r.get("limit", 100)
     limit = limit_raw if isinstance(limit_raw, int) and not isinstance(limit_raw, bool) else 100
     if limit == 0:
@@ -273,7 +236,9 @@ def _query(env: Any, channel: str, r: dict[str, Any], settings: Any) -> tuple[Hi
         raise _Invalid("limit must be positive")
     limit = min(limit, 1000, settings.history_max_page_size)
     direction_raw = r.get("direction", "newest_first")
-    direction = _DIRECTIONS.get(direction_raw) if isinstance(direction_raw, str) else None
+    direction = (
+        history_reads.DIRECTIONS.get(direction_raw) if isinstance(direction_raw, str) else None
+    )
     if direction is None:
         raise _Invalid(f"unknown direction {direction_raw!r}")
 
