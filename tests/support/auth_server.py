@@ -17,15 +17,14 @@ Every request is recorded in ``requests``.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import pusher
+
+from tests.support.local_http import LocalJsonServer
 
 
 @dataclass
@@ -60,8 +59,10 @@ class AuthRequest:
 
 
 @dataclass
-class AuthServer:
+class AuthServer(LocalJsonServer):
     """An HTTP auth endpoint on ``127.0.0.1:<free port>``, served from a daemon thread."""
+
+    thread_name = "auth-server"
 
     app_id: str
     key: str
@@ -69,8 +70,6 @@ class AuthServer:
     users: dict[str, UserProfile] = field(default_factory=dict)
     denied_channels: set[str] = field(default_factory=set)
     requests: list[AuthRequest] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -88,12 +87,6 @@ class AuthServer:
         with self._lock:
             self.users[user_id] = profile
         return profile
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "auth server not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def channel_endpoint(self, user_id: str = "anonymous") -> str:
         return f"{self.base_url}/channel-auth/{user_id}"
@@ -132,59 +125,17 @@ class AuthServer:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> AuthServer:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                parts = self.path.split("?", 1)[0].strip("/").split("/")
-                kind = {"channel-auth": "channel", "user-auth": "user"}.get(parts[0], "?")
-                user_id = unquote(parts[1]) if len(parts) > 1 else "anonymous"
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode()
-                form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-                try:
-                    status, body = owner.answer(kind, user_id, form)
-                except Exception as exc:  # a signing error must reach the test, not hang it
-                    status, body = 500, {"error": repr(exc)}
-                with owner._lock:
-                    owner.requests.append(
-                        AuthRequest(kind, user_id, form, status, body if status == 200 else None)
-                    )
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep test output clean; ``requests`` records every call
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="auth-server", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> AuthServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def handle_post(self, path: str, body: bytes) -> tuple[int, Any]:
+        parts = path.split("?", 1)[0].strip("/").split("/")
+        kind = {"channel-auth": "channel", "user-auth": "user"}.get(parts[0], "?")
+        user_id = unquote(parts[1]) if len(parts) > 1 else "anonymous"
+        form = {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+        try:
+            status, answer = self.answer(kind, user_id, form)
+        except Exception as exc:  # a signing error must reach the test, not hang it
+            status, answer = 500, {"error": repr(exc)}
+        with self._lock:
+            self.requests.append(
+                AuthRequest(kind, user_id, form, status, answer if status == 200 else None)
+            )
+        return status, answer

@@ -21,8 +21,6 @@ import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 from sockudo_python import (  # type: ignore[import-untyped]
@@ -38,6 +36,7 @@ from sockudo_python import (  # type: ignore[import-untyped]
 from sockudo_python.client import ProtocolCodec, SockudoEvent  # type: ignore[import-untyped]
 
 from tests.support.api import SignedClient
+from tests.support.local_http import LocalJsonServer
 from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess
 
 TIMEOUT = 5.0
@@ -305,21 +304,19 @@ class ProxyRequest:
     status: int
 
 
-class HistoryProxy:
+class HistoryProxy(LocalJsonServer):
     """The application backend the client calls for ``channel.history()`` (spec 02 §8)."""
+
+    thread_name = "history-proxy"
 
     def __init__(self, node: NodeProcess) -> None:
         self.api = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
         self.requests: list[ProxyRequest] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
-        assert self._server is not None, "proxy not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/history"
+        return f"{self.base_url}/history"
 
     def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         channel = body.get("channel")
@@ -344,61 +341,21 @@ class HistoryProxy:
             payload["attach_serial"] = attach
         return response.status_code, payload
 
-    def start(self) -> HistoryProxy:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                    status, payload = owner.answer(body if isinstance(body, dict) else {})
-                except Exception as exc:  # surface proxy bugs to the test, not a hang
-                    body, status, payload = {}, 500, {"error": repr(exc)}
-                with owner._lock:
-                    owner.requests.append(
-                        ProxyRequest(
-                            str(body.get("channel")),
-                            dict(body.get("params") or {}),
-                            str(body.get("action")),
-                            status,
-                        )
-                    )
-                raw = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="history-proxy", daemon=True
-        )
-        self._thread.start()
-        return self
+    def handle_post(self, path: str, raw: bytes) -> tuple[int, Any]:
+        body = json.loads(raw or b"{}")
+        body = body if isinstance(body, dict) else {}
+        status, payload = self.answer(body)
+        with self._lock:
+            self.requests.append(
+                ProxyRequest(
+                    str(body.get("channel")),
+                    dict(body.get("params") or {}),
+                    str(body.get("action")),
+                    status,
+                )
+            )
+        return status, payload
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        super().stop()
         self.api.close()
-
-    def __enter__(self) -> HistoryProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
