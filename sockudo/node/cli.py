@@ -23,6 +23,7 @@ from sockudo.node.hub import Hub
 from sockudo.node.replay import HotReplay
 from sockudo.node.runtime import Runtime
 from sockudo.node.services import ChannelService
+from sockudo.ws.direct import with_transport_extension
 
 log = logging.getLogger("sockudo.node")
 
@@ -108,7 +109,9 @@ async def run_node(settings: Settings) -> None:
     # Hypercorn's own frame cap is only a memory guard; the endpoint enforces the configured
     # limit exactly and closes with 1009 (spec 01 §2.4).
     main_cfg.websocket_max_message_size = 4 * settings.websocket_max_payload_kb * 1024
-    servers = [serve(app, main_cfg, shutdown_trigger=shutdown_trigger)]  # type: ignore[arg-type]
+    # Fanout writes WebSocket frames straight to transports (sockudo/ws/direct.py).
+    main_app = with_transport_extension(app)
+    servers = [serve(main_app, main_cfg, shutdown_trigger=shutdown_trigger)]  # type: ignore[arg-type]
     if settings.metrics_enabled:
         metrics_cfg = HypercornConfig()
         metrics_cfg.bind = [f"{settings.metrics_host}:{settings.metrics_port}"]

@@ -25,6 +25,7 @@ from sockudo.events.users import USER_CHANNEL_PREFIX
 from sockudo.node.hub import Hub, Outbox
 from sockudo.node.replay import HotReplay
 from sockudo.ws.egress import Frame
+from sockudo.ws.framing import encode_frame, payload_length
 from sockudo.ws.predicates import MessageView
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,22 @@ class Fanout:
         self.hot = hot if hot is not None else HotReplay()
         self.frames_sent = 0
         self.slow_closed = 0
+        self._held: list[Outbox] | None = None
 
     def deliver(self, deliveries: list[Delivery]) -> None:
+        if len(deliveries) > 1:
+            # A batch of several messages leaves as one write per socket, not one per frame.
+            self._held = []
+            try:
+                self._deliver(deliveries)
+            finally:
+                held, self._held = self._held, None
+                for outbox in held:
+                    outbox.release()
+        else:
+            self._deliver(deliveries)
+
+    def _deliver(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
             if d.kind == MESSAGE:
                 self._message(d)
@@ -64,16 +79,17 @@ class Fanout:
 
     def _presence(self, d: Delivery, name: str, *, v2_only: bool) -> None:
         """A presence frame to the channel's subscribers, built once per (protocol, format)."""
-        frames: dict[str, Frame] = {}
+        frames = _Frames()
         for outbox in self.hub.subscribers(d.app_id, d.channel):
             if v2_only and outbox.egress.protocol != 2:
                 continue
             frame = frames.get(outbox.egress.key)
             if frame is None:
-                frame = frames[outbox.egress.key] = outbox.egress.presence_edge(
-                    name, d.channel, d.data
+                frame = frames.put(
+                    outbox.egress.key, outbox.egress.presence_edge(name, d.channel, d.data)
                 )
-            self._offer(outbox, frame)
+            self._offer(outbox, frame, frames)
+        frames.count(d.app_id)
 
     def _message(self, d: Delivery) -> None:
         self.hot.add(d)
@@ -85,7 +101,7 @@ class Fanout:
         if not targets:
             return
         # Serialise once per (protocol, format) and share the frame between sockets.
-        frames: dict[str, Frame] = {}
+        frames = _Frames()
         sent = 0
         exclude = d.exclude_socket_id
         view: MessageView | None = None
@@ -103,28 +119,79 @@ class Fanout:
                 continue
             frame = frames.get(outbox.egress.key)
             if frame is None:
-                frame = frames[outbox.egress.key] = outbox.egress.message(d)
+                frame = frames.put(outbox.egress.key, outbox.egress.message(d))
             delta = outbox.deltas.get(d.channel) if outbox.deltas else None
             if delta is not None and isinstance(frame, str):
                 # Per-socket: the shared frame is the input, the base is this socket's own.
-                frame = delta.next_frame(
+                own = delta.next_frame(
                     frame, d.event, message_id=d.message_id, stream_id=d.stream_id, serial=d.serial
                 )
-            sent += self._offer(outbox, frame)
+                sent += self._offer(outbox, own, None)
+            else:
+                sent += self._offer(outbox, frame, frames)
+        frames.count(d.app_id)
         self.frames_sent += sent
         metrics.broadcast_latency(
             d.app_id, metrics.channel_type(d.channel), sent, time.time() * 1000 - d.published_at_ms
         )
 
-    def _offer(self, outbox: Outbox, frame: Frame) -> int:
-        """1 when queued; a socket whose queue is full is closed instead (4100)."""
-        if outbox.offer(frame):
+    def _offer(self, outbox: Outbox, frame: Frame, shared: _Frames | None) -> int:
+        """1 when sent or queued; a socket that cannot keep up is closed instead (4100).
+
+        ``shared``: the frame is one of these, encoded once for every direct socket.
+        """
+        if outbox.direct:
+            if self._held is not None and outbox.hold():
+                self._held.append(outbox)
+            if shared is not None:
+                if shared.write(outbox, frame):
+                    return 1
+            elif outbox.offer(frame):
+                return 1
+        elif outbox.offer(frame):
             return 1
         if outbox.close_request is None:
             self.slow_closed += 1
             log.info("closing slow socket %s: send queue full", outbox.socket_id)
             outbox.request_close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)
         return 0
+
+
+class _Frames:
+    """One message's frames by egress key, each WebSocket-encoded at most once."""
+
+    __slots__ = ("_frames", "_wires", "frames", "payload_bytes")
+
+    def __init__(self) -> None:
+        self._frames: dict[str, Frame] = {}
+        self._wires: dict[int, tuple[bytes, int]] = {}
+        self.frames = 0
+        self.payload_bytes = 0
+
+    def get(self, key: str) -> Frame | None:
+        return self._frames.get(key)
+
+    def put(self, key: str, frame: Frame) -> Frame:
+        self._frames[key] = frame
+        return frame
+
+    def write(self, outbox: Outbox, frame: Frame) -> bool:
+        """Write ``frame``'s shared encoding to a direct socket; counts it when written."""
+        # Keyed by identity: every frame here is held by _frames, so ids cannot be reused.
+        entry = self._wires.get(id(frame))
+        if entry is None:
+            wire = encode_frame(frame)
+            entry = self._wires[id(frame)] = (wire, payload_length(wire))
+        if not outbox.offer_wire(entry[0]):
+            return False
+        self.frames += 1
+        self.payload_bytes += entry[1]
+        return True
+
+    def count(self, app_id: str) -> None:
+        """The direct writes of this message, counted in the metrics once."""
+        if self.frames:
+            metrics.ws_sent(app_id, self.payload_bytes, self.frames)
 
 
 def _echo(d: Delivery, sender: Outbox) -> bool:

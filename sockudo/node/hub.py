@@ -1,8 +1,10 @@
 """Node-local sockets and channel subscriptions (memory only; knows nothing about other nodes).
 
-Every socket owns an :class:`Outbox`, a bounded send queue drained by one writer task. Fanout
-and the socket's own read loop enqueue synchronously; when the queue is full the socket is
-asked to close instead of buffering without bound (spec 01 §2.4 code 4100, see fanout.py).
+Every socket owns an :class:`Outbox`. On the node's WebSocket edge it writes frames straight to
+the socket's transport (direct mode, see sockudo/ws/direct.py); elsewhere it is a bounded send
+queue drained by one writer task. Either way fanout and the socket's own read loop offer frames
+synchronously, and a socket that cannot keep up is asked to close instead of buffering without
+bound (spec 01 §2.4 code 4100, see fanout.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from sockudo import metrics
 from sockudo.ws.delta import ChannelDeltaState
 from sockudo.ws.egress import V1, Egress, Frame
+from sockudo.ws.framing import encode_frame, payload_length
 from sockudo.ws.predicates import Predicate
 
 SEND_QUEUE_FRAMES = 1024
@@ -51,9 +54,76 @@ class Outbox:
         self.close_request: tuple[int, str] | None = None
         self.close_cause = "disconnect"
         """Why the socket ended, as presence leaves record it (``terminated`` by the app)."""
+        self._transport: asyncio.WriteTransport | None = None
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
+
+    # --- direct mode: frames written straight to the socket's transport ----------------------
+
+    def attach(self, transport: asyncio.WriteTransport) -> None:
+        """Write data frames to ``transport`` from now on instead of queueing them.
+
+        The transport's own buffer is then the send queue: it is bounded by ``max_chars``
+        bytes, and a socket past that is refused further frames (fanout closes it, 4100).
+        """
+        self._transport = transport
+
+    @property
+    def direct(self) -> bool:
+        return self._transport is not None
+
+    def offer_wire(self, wire: bytes) -> bool:
+        """Direct mode: write an already encoded WebSocket frame (shared between sockets).
+
+        The caller counts the bytes in the metrics (fanout counts a message once).
+        """
+        transport = self._transport
+        assert transport is not None
+        if self.close_request is not None or transport.is_closing():
+            return False
+        if self._held is not None:
+            if self._held and self._held_bytes + len(wire) > self.max_chars:
+                return False
+            self._held.append(wire)
+            self._held_bytes += len(wire)
+            return True
+        # A socket whose peer stopped reading keeps its bytes here: past the bound it is closed.
+        if transport.get_write_buffer_size() + len(wire) > self.max_chars:
+            return False
+        transport.write(wire)
+        return True
+
+    def hold(self) -> bool:
+        """Direct mode: gather frames until :meth:`release` (one write per socket per batch).
+
+        ``False`` when already holding (or queueing), so the caller releases only what it held.
+        """
+        if self._transport is None or self._held is not None:
+            return False
+        self._held = []
+        self._held_bytes = 0
+        return True
+
+    def release(self) -> None:
+        """Write what :meth:`hold` gathered, in one ``write``."""
+        held, self._held = self._held, None
+        transport = self._transport
+        if not held or transport is None or self.close_request is not None:
+            return
+        if transport.get_write_buffer_size() + self._held_bytes > self.max_chars:
+            # Same bound as unheld frames: the caller sees the socket as slow and closes it.
+            self.request_close(4100, "Over capacity")
+            return
+        transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def offer(self, frame: Frame) -> bool:
         """Enqueue ``frame``; ``False`` when full or closing (the frame is dropped)."""
+        if self._transport is not None:
+            wire = encode_frame(frame)
+            if not self.offer_wire(wire):
+                return False
+            metrics.ws_sent(self.app_id, payload_length(wire))
+            return True
         if self.close_request is not None or len(self._frames) >= self.capacity:
             return False
         # An empty queue always takes one frame, so a single large frame is never refused.
@@ -70,6 +140,7 @@ class Outbox:
             self.close_request = (code, reason)
             self._frames.clear()
             self._chars = 0
+            self._held = None
             self._wake.set()
 
     def __len__(self) -> int:

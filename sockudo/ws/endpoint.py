@@ -1,8 +1,10 @@
 """WebSocket endpoint ``/app/{app_key}``: pre-upgrade checks, admission, read loop, close codes.
 
-Protocol V1 only for now. One writer task per socket drains its :class:`~sockudo.node.hub.Outbox`;
-the read loop and fanout only enqueue, so frames leave in one order and a slow client cannot
-block the fold loop (spec 01 §2, §3.1-3.5).
+The read loop and fanout only offer frames to the socket's :class:`~sockudo.node.hub.Outbox`,
+never await a send, so frames leave in one order and a slow client cannot block the fold loop
+(spec 01 §2, §3.1-3.5). Under Hypercorn the outbox writes data frames straight to the socket's
+transport (sockudo/ws/direct.py); a writer task sends the closing error and close through ASGI,
+and drains the queue where no transport is available.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sockudo.node.hub import Hub, Outbox
 from sockudo.node.replay import HotReplay
 from sockudo.node.services import app_history_enabled
 from sockudo.node.watchlist import Watchlists
-from sockudo.ws import effects
+from sockudo.ws import direct, effects
 from sockudo.ws.egress import V1, Egress, Frame
 from sockudo.ws.egress import v2 as v2_egress
 from sockudo.ws.session import PresenceLeave, Reply, Session
@@ -155,6 +157,9 @@ async def websocket_v1(websocket: WebSocket) -> None:
     assert app is not None
     socket_id = new_socket_id(hub.has_socket)
     outbox = Outbox(socket_id, app.id, egress=egress)
+    transport = direct.transport_of(websocket.scope)
+    if transport is not None:
+        outbox.attach(transport)
     outbox.echo = params.get("echo_messages", "true") != "false"
     session = Session(
         socket_id,

@@ -1,0 +1,36 @@
+"""RFC 6455 server frames as bytes, so one encoded frame can be written to many sockets.
+
+Server-to-client frames are never masked, so the bytes of a data frame depend only on its
+payload: fanout encodes a message once and writes the same ``bytes`` to every subscriber's
+transport (DESIGN.md: serialise once per message, protocol and format).
+"""
+
+from __future__ import annotations
+
+import struct
+
+TEXT = 0x1
+BINARY = 0x2
+FIN = 0x80
+
+
+def encode_frame(frame: str | bytes) -> bytes:
+    """A final, unmasked text frame for ``str`` and binary frame for ``bytes``."""
+    if isinstance(frame, str):
+        payload = frame.encode()
+        first = FIN | TEXT
+    else:
+        payload = frame
+        first = FIN | BINARY
+    size = len(payload)
+    if size < 126:
+        return bytes((first, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", first, 126, size) + payload
+    return struct.pack("!BBQ", first, 127, size) + payload
+
+
+def payload_length(wire: bytes) -> int:
+    """Payload bytes of a frame :func:`encode_frame` built (metrics count payloads)."""
+    marker = wire[1]
+    return len(wire) - (2 if marker < 126 else 4 if marker == 126 else 10)
