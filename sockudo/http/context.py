@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from sockudo.config import Settings
+from sockudo.http.ip_limit import IpRateLimiter
 from sockudo.node.connections import ConnectionService
 from sockudo.node.hub import Hub
 from sockudo.node.replay import HotReplay
@@ -30,12 +31,30 @@ class HttpContext:
     watchlists: Watchlists | None = None
     hot: HotReplay = field(default_factory=HotReplay)
     """The hot replay tier fanout fills (spec 02 §7.3)."""
+    api_limiter: IpRateLimiter | None = None
+    """Per-IP API limiter (``rate_limiter.enabled``); ``None`` when off."""
+    ws_limiter: IpRateLimiter | None = None
+    """Per-IP WebSocket connect limiter; ``None`` when off."""
 
     def __post_init__(self) -> None:
         if self.connections is None:
             self.connections = ConnectionService(self.channels)
         if self.watchlists is None:
             self.watchlists = Watchlists(self.hub)
+        settings = self.settings
+        if settings.rate_limiter_enabled:
+            if self.api_limiter is None:
+                self.api_limiter = IpRateLimiter(
+                    settings.rate_limiter_api_max_requests,
+                    settings.rate_limiter_api_window_seconds,
+                    settings.rate_limiter_api_trust_hops,
+                )
+            if self.ws_limiter is None:
+                self.ws_limiter = IpRateLimiter(
+                    settings.rate_limiter_ws_max_requests,
+                    settings.rate_limiter_ws_window_seconds,
+                    settings.rate_limiter_ws_trust_hops,
+                )
 
 
 def context(request: Request) -> HttpContext:

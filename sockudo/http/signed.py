@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from sockudo import auth
+from sockudo import auth, metrics
 from sockudo.config import AppConfig
 from sockudo.errors import ApiError
+from sockudo.http import ip_limit
 from sockudo.http.context import HttpContext
 
 
@@ -33,10 +34,27 @@ def raw_path(request: Request) -> bytes:
     return request.url.path.encode()
 
 
+def limit_by_ip(request: Request, ctx: HttpContext, route_app_id: str | None) -> None:
+    """Check 0 of spec 01 §4.3: the per-IP API limiter, when enabled."""
+    limiter = ctx.api_limiter
+    if limiter is None:
+        return
+    client = request.scope.get("client")
+    ip = limiter.client_ip(
+        client[0] if client else None, ip_limit.forwarded_for(request.scope.get("headers", []))
+    )
+    decision = limiter.check(ip)
+    metrics.rate_limit_check(route_app_id or "", "ip", "api")
+    if not decision.allowed:
+        metrics.rate_limit_triggered(route_app_id or "", "ip", "api")
+        raise ip_limit.api_refusal(decision)
+
+
 async def authenticate(
     request: Request, ctx: HttpContext, route_app_id: str | None
 ) -> tuple[AppConfig, bytes]:
     """Verify the signature; return the app and the body. Rejections have no side effects."""
+    limit_by_ip(request, ctx, route_app_id)
     body = await read_body(request, ctx.settings.http_request_limit_bytes)
     app = auth.verify_api_request(
         method=request.method,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from sockudo.errors import SockudoError
@@ -36,13 +37,6 @@ def build_app(
         *ops.routes(channels.settings),
         Route("/apps/{app_id}/events", events.publish_events, methods=["POST"]),
         Route("/apps/{app_id}/batch_events", events.publish_batch, methods=["POST"]),
-        Route("/apps/{app_id}/channels", channels_api.list_channels, methods=["GET"]),
-        Route("/apps/{app_id}/channels/{channel}", channels_api.get_channel, methods=["GET"]),
-        Route(
-            "/apps/{app_id}/channels/{channel}/users",
-            channels_api.get_channel_users,
-            methods=["GET"],
-        ),
         Route(
             "/apps/{app_id}/users/{user_id}/terminate_connections",
             users.terminate_connections,
@@ -75,9 +69,30 @@ def build_app(
             methods=["POST"],
         ),
     ]
+    settings = channels.settings
+    if settings.server_role != "api":
+        # Channel state lives in this node's sockets: an API-role node has none (spec 01 §9).
+        routes += [
+            Route("/apps/{app_id}/channels", channels_api.list_channels, methods=["GET"]),
+            Route("/apps/{app_id}/channels/{channel}", channels_api.get_channel, methods=["GET"]),
+            Route(
+                "/apps/{app_id}/channels/{channel}/users",
+                channels_api.get_channel_users,
+                methods=["GET"],
+            ),
+        ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ops.HttpMetricsMiddleware)],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=list(settings.cors_methods),
+                allow_headers=list(settings.cors_headers),
+                allow_credentials=settings.cors_credentials,
+            ),
+            Middleware(ops.HttpMetricsMiddleware),
+        ],
         exception_handlers={
             SockudoError: handle_exception,
             Exception: handle_exception,

@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocket
 
 from sockudo import metrics, origins
 from sockudo.channels import resolve_channel_policy
 from sockudo.config import AppConfig, Settings
+from sockudo.http import ip_limit
+from sockudo.http.ip_limit import IpRateLimiter
 from sockudo.node.connections import ConnectionService
 from sockudo.node.hub import Hub, Outbox
 from sockudo.node.replay import HotReplay
@@ -58,6 +60,7 @@ class WsContext(Protocol):
     connections: ConnectionService | None
     watchlists: Watchlists | None
     hot: HotReplay
+    ws_limiter: IpRateLimiter | None
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -134,8 +137,16 @@ def admission_error(
 
 async def websocket_v1(websocket: WebSocket) -> None:
     ctx: WsContext = websocket.app.state.ctx
+    if ctx.settings.server_role == "api":
+        # An API-role node serves HTTP only (spec 01 §9).
+        await _deny(websocket, PlainTextResponse("Not Found", status_code=404))
+        return
     if ctx.draining:
         await _deny(websocket, Response(status_code=503))
+        return
+    refusal = _connect_rate_limited(ctx.ws_limiter, websocket)
+    if refusal is not None:
+        await _deny(websocket, refusal)
         return
     params = dict(websocket.query_params)
     protocol, problem = check_query(params)
@@ -200,6 +211,22 @@ async def websocket_v1(websocket: WebSocket) -> None:
             outbox.request_close(1000, "")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, 5)
+
+
+def _connect_rate_limited(limiter: IpRateLimiter | None, websocket: WebSocket) -> Response | None:
+    """The 429 of spec 01 §2.2 when this client IP connects too often (limiter enabled)."""
+    if limiter is None:
+        return None
+    client = websocket.scope.get("client")
+    ip = limiter.client_ip(
+        client[0] if client else None, ip_limit.forwarded_for(websocket.scope.get("headers", []))
+    )
+    decision = limiter.check(ip)
+    metrics.rate_limit_check("", "ip", "websocket_connect")
+    if decision.allowed:
+        return None
+    metrics.rate_limit_triggered("", "ip", "websocket_connect")
+    return JSONResponse(ip_limit.TOO_MANY, status_code=429, headers=decision.headers())
 
 
 async def _deny(websocket: WebSocket, response: Response) -> None:
