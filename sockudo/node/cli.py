@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import uvloop
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
@@ -158,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sockudo-node: configuration error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(run_node(settings))
+    # uvloop: the event loop and its transports in C, which the fanout and HTTP paths lean on.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run_node(settings))
     return 0
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from sockudo import metrics
 from sockudo.ws.delta import ChannelDeltaState
 from sockudo.ws.egress import V1, Egress, Frame
-from sockudo.ws.framing import encode_frame, payload_length
+from sockudo.ws.framing import Transport, encode_frame, payload_length
 from sockudo.ws.predicates import Predicate
 
 SEND_QUEUE_FRAMES = 1024
@@ -54,13 +54,13 @@ class Outbox:
         self.close_request: tuple[int, str] | None = None
         self.close_cause = "disconnect"
         """Why the socket ended, as presence leaves record it (``terminated`` by the app)."""
-        self._transport: asyncio.WriteTransport | None = None
+        self._transport: Transport | None = None
         self._held: list[bytes] | None = None
         self._held_bytes = 0
 
     # --- direct mode: frames written straight to the socket's transport ----------------------
 
-    def attach(self, transport: asyncio.WriteTransport) -> None:
+    def attach(self, transport: Transport) -> None:
         """Write data frames to ``transport`` from now on instead of queueing them.
 
         The transport's own buffer is then the send queue: it is bounded by ``max_chars``

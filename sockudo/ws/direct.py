@@ -8,25 +8,26 @@ ASGI for the handshake, the inbound side and the close.
 
 Hypercorn has no public way to reach the transport. :func:`with_transport_extension` wraps the
 application handed to Hypercorn and follows the bound ``send`` callable of an HTTP/1.1
-WebSocket stream down to its ``asyncio`` transport, checking every hop's type; any other
+WebSocket stream down to its transport (asyncio's or uvloop's), checking every hop's type; any other
 server, protocol (HTTP/2) or Hypercorn version yields no extension and the edge falls back to
 ASGI sends. ``tests/integration/test_ws_v1.py`` asserts the fast path is active on the node.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sockudo.ws.framing import Transport
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "sockudo.transport"
 
 
-def hypercorn_transport(send: Any) -> asyncio.WriteTransport | None:
+def hypercorn_transport(send: Any) -> Transport | None:
     """The transport under Hypercorn's HTTP/1.1 WebSocket ``send``, or ``None``."""
     try:
         from hypercorn.asyncio.tcp_server import TCPServer
@@ -44,7 +45,7 @@ def hypercorn_transport(send: Any) -> asyncio.WriteTransport | None:
     if not isinstance(server, TCPServer):
         return None
     transport = server.writer.transport
-    return transport if isinstance(transport, asyncio.WriteTransport) else None
+    return transport if isinstance(transport, Transport) else None
 
 
 def with_transport_extension(app: ASGIApp) -> ASGIApp:
@@ -61,8 +62,8 @@ def with_transport_extension(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
-def transport_of(scope: Scope) -> asyncio.WriteTransport | None:
+def transport_of(scope: Scope) -> Transport | None:
     """The transport the extension put in ``scope``, if any."""
     extensions = scope.get("extensions") or {}
     transport = extensions.get(EXTENSION)
-    return transport if isinstance(transport, asyncio.WriteTransport) else None
+    return transport if isinstance(transport, Transport) else None

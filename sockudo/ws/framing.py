@@ -8,10 +8,20 @@ transport (DESIGN.md: serialise once per message, protocol and format).
 from __future__ import annotations
 
 import struct
+from typing import Protocol, runtime_checkable
 
 TEXT = 0x1
 BINARY = 0x2
 FIN = 0x80
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What direct writes need of a socket's transport (asyncio's or uvloop's)."""
+
+    def write(self, data: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def is_closing(self) -> bool: ...
 
 
 def encode_frame(frame: str | bytes) -> bytes:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
+import uvloop
 import websockets
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -46,8 +46,7 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[int]:
+async def scenario(compression: str | None) -> None:
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
@@ -63,22 +62,28 @@ async def server() -> AsyncIterator[int]:
             break
         await asyncio.sleep(0.05)
     seen.clear()
-    yield port
-    stop.set()
-    await asyncio.wait_for(task, 10)
-
-
-@pytest.mark.parametrize("compression", [None, "deflate"])
-async def test_direct_frames_reach_a_real_client_in_order(
-    server: int, compression: str | None
-) -> None:
-    async with websockets.connect(f"ws://127.0.0.1:{server}/app/x", compression=compression) as ws:
-        received = [await ws.recv() for _ in range(3)]
-        await ws.send("hi")
-        received.append(await ws.recv())
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await ws.recv()
+    try:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/app/x", compression=compression
+        ) as ws:
+            received = [await ws.recv() for _ in range(3)]
+            await ws.send("hi")
+            received.append(await ws.recv())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
     assert seen == [True]
     assert received == ["direct text", b"\x00direct bytes", "through asgi", "echo hi"]
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4321
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_direct_frames_reach_a_real_client_in_order(loop: str, compression: str | None) -> None:
+    # The node runs on uvloop (sockudo/node/cli.py); both loops' transports must be found.
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario(compression))
