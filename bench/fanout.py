@@ -53,12 +53,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sockudo.auth import signed_query_params
-from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess
+from bench.common import signed_post
+from tests.support.node import APP_ID, APP_KEY, NodeProcess
 
 TARGET_DELIVERIES = 50_000
 TARGET_P99_MS = 50.0
@@ -451,27 +450,7 @@ class Publisher:
             {"name": EVENT, "channel": channel, "data": f"@{sent_ns}@{self.pad}"},
             separators=(",", ":"),
         ).encode()
-        query = urlencode(
-            signed_query_params(
-                APP_KEY, APP_SECRET, "POST", self.PATH, timestamp=sent_ns // 10**9, body=body
-            )
-        )
-        self.writer.write(
-            (
-                f"POST {self.PATH}?{query} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            + body
-        )
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        answer = await self.reader.readexactly(length)
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"publish failed: {head[:40]!r} {answer[:200]!r}")
+        await signed_post(self.reader, self.writer, self.port, self.PATH, body, sent_ns // 10**9)
         return (time.time_ns() - sent_ns) / 1e9
 
     async def close(self) -> None:

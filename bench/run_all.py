@@ -1,6 +1,7 @@
 """Every spine benchmark in one table (``make bench``), on the embedded log and a real Kafka.
 
     python bench/run_all.py [--events 1000000] [--no-kafka] [--fanout-subscribers 1000]
+                            [--recovery-subscribers 1000]
 
 Starts a throwaway Kafka broker with ``tools/kafka-dev.sh`` unless ``--kafka`` names one.
 """
@@ -37,6 +38,12 @@ def main() -> None:
     ap.add_argument("--publishes", type=int, default=2000, help="publishes for latency")
     ap.add_argument(
         "--fanout-subscribers", type=int, default=1000, help="subscribers for fanout (quick: 100)"
+    )
+    ap.add_argument(
+        "--recovery-subscribers",
+        type=int,
+        default=1000,
+        help="V2 subscribers that drop and resume in the recovery bench (quick: 100)",
     )
     ap.add_argument("--kafka", help="use this Kafka bootstrap instead of starting one")
     ap.add_argument("--no-kafka", action="store_true")
@@ -77,6 +84,12 @@ def main() -> None:
         (
             f"Fanout (HTTP publish -> {args.fanout_subscribers} V1 subscribers, embedded)",
             run("fanout.py", "--subscribers", str(args.fanout_subscribers)),
+        )
+    )
+    sections.append(
+        (
+            f"Recovery ({args.recovery_subscribers} V2 subscribers drop for 2 s, resume, embedded)",
+            run("recovery.py", "--subscribers", str(args.recovery_subscribers)),
         )
     )
     for title, body in sections:
