@@ -29,6 +29,10 @@ from sockudo.ws.direct import with_transport_extension
 log = logging.getLogger("sockudo.node")
 
 
+LISTEN_BACKLOG = 4096
+"""Pending connections the main listener queues (the kernel caps it at somaxconn)."""
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sockudo-node",
@@ -107,6 +111,9 @@ async def run_node(settings: Settings) -> None:
     main_cfg.bind = [f"{settings.host}:{settings.port}"]
     main_cfg.graceful_timeout = float(settings.shutdown_grace_period)
     main_cfg.accesslog = None
+    # A node's clients reconnect all at once after a network blip or a restart: Hypercorn's
+    # default accept queue of 100 overflows, and refused SYNs retry only after 1, 3, 7 s...
+    main_cfg.backlog = LISTEN_BACKLOG
     # Hypercorn's own frame cap is only a memory guard; the endpoint enforces the configured
     # limit exactly and closes with 1009 (spec 01 §2.4).
     main_cfg.websocket_max_message_size = 4 * settings.websocket_max_payload_kb * 1024
