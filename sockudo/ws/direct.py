@@ -16,7 +16,7 @@ ASGI sends. ``tests/integration/test_ws_v1.py`` asserts the fast path is active 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -66,4 +66,5 @@ def transport_of(scope: Scope) -> Transport | None:
     """The transport the extension put in ``scope``, if any."""
     extensions = scope.get("extensions") or {}
     transport = extensions.get(EXTENSION)
-    return transport if isinstance(transport, Transport) else None
+    # Only with_transport_extension sets it, after checking the type: no second Protocol check.
+    return cast(Transport, transport) if transport is not None else None
