@@ -57,6 +57,7 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import signed_post
+from sockudo.ws import wire as wire_codec
 from tests.support.node import APP_ID, APP_KEY, NodeProcess
 
 TARGET_DELIVERIES = 50_000
@@ -103,10 +104,16 @@ def text(obj: Any) -> bytes:
     return ws_frame(0x1, json.dumps(obj, separators=(",", ":")).encode())
 
 
-def upgrade_request(port: int) -> bytes:
+WIRES = ("v1", "json", "msgpack", "protobuf")
+_WIRE_NAMES = {"v1": "V1", "json": "V2 json", "msgpack": "V2 msgpack", "protobuf": "V2 protobuf"}
+"""``--wire``: V1 (Pusher JSON) or a V2 wire format."""
+
+
+def upgrade_request(port: int, wire: str = "v1") -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
+    query = "protocol=7" if wire == "v1" else f"protocol=2&format={wire}"
     return (
-        f"GET /app/{APP_KEY}?protocol=7&client=bench&version=1.0 HTTP/1.1\r\n"
+        f"GET /app/{APP_KEY}?{query}&client=bench&version=1.0 HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
@@ -115,8 +122,9 @@ def upgrade_request(port: int) -> bytes:
 class Subscribers:
     """The subscriber sockets of one process and what they received since the last reset."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, wire: str = "v1") -> None:
         self.port = port
+        self.wire = wire
         self.sockets: list[Wire] = []
         self.subscribed = 0
         self.closed = 0
@@ -233,6 +241,15 @@ class Wire:
                     owner.last_recv_ns = now
                 else:
                     self.control(bytes(buf[start:end]))
+            elif opcode == 0x2:
+                # msgpack/protobuf carry the data string raw: "@<19-digit send ns>@".
+                mark = buf.find(b"@", start, end)
+                if mark >= 0 and buf[mark + 20 : mark + 21] == b"@":
+                    owner.samples.append(now - int(buf[mark + 1 : mark + 20]))
+                    owner.frames += 1
+                    owner.last_recv_ns = now
+                else:
+                    self.control(bytes(buf[start:end]))
             elif opcode == 0x8:
                 code = int.from_bytes(buf[start : start + 2], "big") if size >= 2 else 1005
                 owner.close_codes[code] = owner.close_codes.get(code, 0) + 1
@@ -243,23 +260,42 @@ class Wire:
         del buf[:pos]
 
     def control(self, payload: bytes) -> None:
-        msg = json.loads(payload)
-        event = msg.get("event")
-        if event == "pusher:connection_established":
+        wire = self.owner.wire
+        if wire == "v1":
+            msg = json.loads(payload)
+            event, data = str(msg.get("event")), msg.get("data")
+        else:
+            env = wire_codec.decode(payload, cast(Any, wire))
+            event = str(env.event)
+            data = env.data.to_value() if env.data is not None else None
+        name = event.partition(":")[2]
+        if name == "connection_established":
             for channel in self.channels:
-                self.write(text({"event": "pusher:subscribe", "data": {"channel": channel}}))
-        elif event == "pusher_internal:subscription_succeeded":
+                self.send_event("subscribe", {"channel": channel})
+        elif name == "subscription_succeeded":
             self.pending -= 1
             if self.pending == 0 and not self.live:
                 self.live = True
                 self.owner.subscribed += 1
                 self.subscribed()
-        elif event == "pusher:ping":
-            self.write(text({"event": "pusher:pong", "data": {}}))
-        elif event == "pusher:error":
-            self.owner.error(f"pusher:error {msg.get('data')}")
+        elif name == "ping":
+            self.send_event("pong", {})
+        elif name == "error":
+            self.owner.error(f"{event} {data}")
             if not self.live:
-                self.fail(f"pusher:error {msg.get('data')}")
+                self.fail(f"{event} {data}")
+
+    def send_event(self, name: str, data: dict[str, Any]) -> None:
+        wire = self.owner.wire
+        if wire == "v1":
+            self.write(text({"event": f"pusher:{name}", "data": data}))
+            return
+        env = wire_codec.Envelope(event=f"sockudo:{name}", data=wire_codec.Data.of_value(data))
+        frame = wire_codec.encode(env, cast(Any, wire))
+        if isinstance(frame, str):
+            self.write(ws_frame(0x1, frame.encode()))
+        else:
+            self.write(ws_frame(0x2, frame))
 
     def close(self) -> None:
         self.write(ws_frame(0x8, (1000).to_bytes(2, "big")))
@@ -282,7 +318,7 @@ class Sub(Wire, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(upgrade_request(self.owner.port))
+        self.transport.write(upgrade_request(self.owner.port, self.owner.wire))
 
     def data_received(self, data: bytes) -> None:
         self.feed(data, time.time_ns())
@@ -323,7 +359,7 @@ class RawSub(Wire):
 
     def handshake(self) -> None:
         """Blocking: upgrade and subscribe, then switch to non-blocking reads."""
-        self.sock.sendall(upgrade_request(self.owner.port))
+        self.sock.sendall(upgrade_request(self.owner.port, self.owner.wire))
         while not self.live and self.failed is None and self.open:
             data = self.sock.recv(65536)
             if not data:
@@ -344,13 +380,13 @@ class RawSub(Wire):
             self.sock.close()
 
 
-def client_main(conn: Connection, port: int, plan: list[list[str]]) -> None:
+def client_main(conn: Connection, port: int, plan: list[list[str]], wire: str = "v1") -> None:
     """A subscriber process: open ``plan`` one socket at a time, then read until ``stop``.
 
     A bare ``epoll`` loop costs a received frame far less than asyncio's callback machinery,
     which keeps the subscribers out of the node's way on a small machine.
     """
-    subs = Subscribers(port)
+    subs = Subscribers(port, wire)
     by_fd: dict[int, RawSub] = {}
     for channels in plan:
         try:
@@ -539,7 +575,7 @@ class Bench:
         self.args = args
         self.channels = [f"fanout-{i}" for i in range(args.channels)]
         self.clients: list[Client] = []
-        self.pacer = Subscribers(node.port)
+        self.pacer = Subscribers(node.port, args.wire)
         self.publishers: list[Publisher] = []
         self.meter = CpuMeter(0, [])
         self.subs_on: dict[str, int] = {}
@@ -552,7 +588,7 @@ class Bench:
         self.pad = "x" * max(0, args.payload_bytes - 22)
         await self.connect_publishers()
         # Warm-up: one socket and one publish load the code paths and the first allocations.
-        warm = Subscribers(node.port)
+        warm = Subscribers(node.port, self.args.wire)
         await warm.open([self.channels[:1]], 30.0)
         await self.publishers[0].publish(self.channels[0])
         await asyncio.sleep(0.5)
@@ -568,7 +604,7 @@ class Bench:
         for k in range(args.clients):
             mine = plan[k :: args.clients]
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=client_main, args=(child, node.port, mine))
+            proc = ctx.Process(target=client_main, args=(child, node.port, mine, self.args.wire))
             proc.start()
             self.clients.append(Client(proc, parent))
         progress(f"{args.clients} subscriber processes connecting {n - 1} sockets")
@@ -586,6 +622,7 @@ class Bench:
         await asyncio.sleep(args.settle)
         rss_after = rss_kib(node.proc.pid)
         idle = {
+            "wire": args.wire,
             "subscribers": n,
             "connect_s": round(connect_s, 2),
             "rss_before_kib": rss_before,
@@ -769,7 +806,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         return "ok" if good else "MISSED"
 
     print(
-        f"fanout: {idle['subscribers']} V1 subscribers on {args.channels} channel(s), "
+        f"fanout: {idle['subscribers']} {_WIRE_NAMES[args.wire]} subscribers on "
+        f"{args.channels} channel(s), "
         f"{args.clients} client processes + 1 pacing socket, embedded log, "
         f"{args.payload_bytes}-byte data; connected in {idle['connect_s']} s"
     )
@@ -818,6 +856,7 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=4, help="subscriber processes")
     ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--wire", choices=WIRES, default="v1", help="subscribers' protocol/format")
     ap.add_argument("--publishers", type=int, default=32, help="HTTP connections of the flood")
     ap.add_argument(
         "--paced-connections", type=int, default=64, help="HTTP connections a paced phase may open"
