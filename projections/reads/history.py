@@ -9,7 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
+import struct
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from projections.folds.state import HEALTHY, RESET_REQUIRED, HistoryRow, StreamHead
@@ -134,16 +137,31 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     return data
 
 
-def read_page(
+@dataclass(slots=True)
+class _Rows:
+    """The rows of one page, still encoded, and what the envelope needs."""
+
+    head: StreamHead | None
+    state: dict[str, Any]
+    rows: list[tuple[bytes, bytes]]
+    """``(key, stored row)`` pairs of the ``history`` CF, in page order."""
+    serial_at: int
+    """Where a row key's u64 history serial starts."""
+    has_more: bool
+
+    def serial(self, key: bytes) -> int:
+        return int(_U64.unpack_from(key, self.serial_at)[0])
+
+
+def _select(
     kv: KVReader,
     app_id: str,
     channel: str,
     query: HistoryQuery,
-    *,
     stall: Stall | None,
     node_id: str,
-) -> dict[str, Any]:
-    """One page of ``GET …/history``; raises ``StreamNotHealthy`` or ``ApiError(400)``."""
+) -> _Rows:
+    """Validate the cursor against the stream and pick the page's rows without decoding them."""
     cursor = decode_cursor(query.cursor) if query.cursor is not None else None
     head = read_head(kv, app_id, channel)
     state = stream_state(head, stall, node_id)
@@ -168,11 +186,12 @@ def read_page(
         after = int(cursor["serial"])
 
     newest_first = query.direction == NEWEST_FIRST
-    items: list[dict[str, Any]] = []
-    has_more = False
+    rows: list[tuple[bytes, bytes]] = []
+    serial_at = 0
     if head is not None and head.retained_count:
         ck = keys.channel_prefix(app_id, channel)
         gen = keys.history_gen_prefix(ck, head.generation)
+        serial_at = len(gen)
         lo = query.start_serial or 1
         hi = query.end_serial
         if after is not None:
@@ -182,44 +201,43 @@ def read_page(
                 lo = max(lo, after + 1)
         start_key = gen + keys.u64(lo)
         end_key = gen + keys.u64(hi + 1) if hi is not None else keys.prefix_end(gen)
-        for key, raw in kv.scan(keys.HISTORY, start_key, end_key, reverse=newest_first):
-            row = HistoryRow.decode(raw)
-            ts = row.published_at_ms
-            if query.start_time_ms is not None and ts < query.start_time_ms:
-                if newest_first:
-                    break
-                continue
-            if query.end_time_ms is not None and ts > query.end_time_ms:
-                if newest_first:
+        scan = kv.scan(keys.HISTORY, start_key, end_key, reverse=newest_first)
+        # One row past the limit tells whether there is a next page.
+        start_ms, end_ms = query.start_time_ms, query.end_time_ms
+        if start_ms is None and end_ms is None:
+            rows = list(islice(scan, query.limit + 1))
+        else:
+            for pair in scan:
+                ts = _U64.unpack_from(pair[1])[0]  # a row starts with its published_at_ms
+                if start_ms is not None and ts < start_ms:
+                    if newest_first:
+                        break
                     continue
-                break
-            if len(items) == query.limit:
-                has_more = True
-                break
-            serial = keys.read_u64(key, len(gen))
-            message = row.message  # parsed once: the property decodes on every access
-            items.append(
-                {
-                    "stream_id": head.stream_id,
-                    "serial": serial,
-                    "published_at_ms": ts,
-                    "message_id": message.get("message_id"),
-                    "event_name": message.get("event"),
-                    "operation_kind": "append",
-                    "payload_size_bytes": row.size,
-                    "message": message,
-                }
-            )
+                if end_ms is not None and ts > end_ms:
+                    if newest_first:
+                        continue
+                    break
+                rows.append(pair)
+                if len(rows) > query.limit:
+                    break
+    has_more = len(rows) > query.limit
+    if has_more:
+        del rows[query.limit :]
+    return _Rows(head, state, rows, serial_at, has_more)
 
+
+def _envelope(app_id: str, channel: str, query: HistoryQuery, page: _Rows) -> dict[str, Any]:
+    """Every field of the page but ``items``, in wire order."""
+    head, has_more = page.head, page.has_more
     next_cursor = None
-    if has_more and items:
+    if has_more and page.rows:
         next_cursor = encode_cursor(
             {
                 "version": 1,
                 "app_id": app_id,
                 "channel": channel,
                 "stream_id": head.stream_id if head else None,
-                "serial": items[-1]["serial"],
+                "serial": page.serial(page.rows[-1][0]),
                 "direction": query.direction,
                 "bounds": query.bounds(),
             }
@@ -237,15 +255,172 @@ def read_page(
         "truncated_by_retention": truncated,
     }
     return {
-        "items": items,
         "direction": query.direction,
         "limit": query.limit,
         "has_more": has_more,
         "next_cursor": next_cursor,
         "bounds": query.bounds(),
         "continuity": continuity,
-        "stream_state": state,
+        "stream_state": page.state,
     }
+
+
+def read_page(
+    kv: KVReader,
+    app_id: str,
+    channel: str,
+    query: HistoryQuery,
+    *,
+    stall: Stall | None,
+    node_id: str,
+) -> dict[str, Any]:
+    """One page of ``GET …/history``; raises ``StreamNotHealthy`` or ``ApiError(400)``."""
+    page = _select(kv, app_id, channel, query, stall, node_id)
+    stream_id = page.head.stream_id if page.head else None
+    items: list[dict[str, Any]] = []
+    for key, raw in page.rows:
+        row = HistoryRow.decode(raw)
+        message = row.message  # parsed once: the property decodes on every access
+        items.append(
+            {
+                "stream_id": stream_id,
+                "serial": page.serial(key),
+                "published_at_ms": row.published_at_ms,
+                "message_id": message.get("message_id"),
+                "event_name": message.get("event"),
+                "operation_kind": "append",
+                "payload_size_bytes": row.size,
+                "message": message,
+            }
+        )
+    return {"items": items, **_envelope(app_id, channel, query, page)}
+
+
+_RESPONSE_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+)
+
+
+def render_json(value: Any) -> bytes:
+    """``value`` as an HTTP JSON body, encoded exactly like Starlette's ``JSONResponse``."""
+    return _RESPONSE_ENCODER.encode(value).encode("utf-8")
+
+
+_U64 = struct.Struct(">Q")
+_ROW_HEADER = 24
+"""Bytes before a stored row's message JSON: u64 published_at_ms, u64 offset, u64 D
+(:class:`HistoryRow`)."""
+_QUOTE = ord('"')
+_MESSAGE_ID_OPEN = b',"message_id":"'
+_EVENT_TOKEN = re.compile(rb'\{"event":("[^"\\]*")')
+"""The first member of a stored message, when its value is a string without escapes."""
+_ITEM = (
+    b'{"stream_id":%b,"serial":%d,"published_at_ms":%d,"message_id":%b,"event_name":%b,'
+    b'"operation_kind":"append","payload_size_bytes":%d,"message":%b}'
+)
+
+
+def read_page_json(
+    kv: KVReader,
+    app_id: str,
+    channel: str,
+    query: HistoryQuery,
+    *,
+    stall: Stall | None,
+    node_id: str,
+) -> bytes:
+    """:func:`read_page` as the body of its HTTP response: ``render_json(read_page(...))``.
+
+    Equal byte for byte, without decoding and re-encoding every row. The channel fold stores
+    a message as compact JSON with ``ensure_ascii=False`` — the response's own encoding, so a
+    decode/encode round trip gives back the stored bytes — with the members ``event,
+    channel, data, message_id, stream_id, serial`` and then optionally ``user_id, tags,
+    extras``. A row is spliced into the page as it is, with its ``event`` and ``message_id``
+    cut out of it, when it shows that layout:
+
+    * it starts ``{"event":"<name>","channel":<this channel>,"data":"`` — the ``event``
+      string has no escapes, and ``data`` is a string, so no member can hold a bare
+      ``NaN``/``Infinity`` (which the response encoding refuses);
+    * it ends ``,"stream_id":<this stream>,"serial":<the key's serial>}`` — only the final
+      ``}`` can follow a member of the message itself, so these are its last two members;
+    * the member in front of ``stream_id`` is ``"message_id":"<no quotes>"``: the last
+      ``,"message_id":"`` before ``stream_id`` whose value then runs quote-free up to it.
+      That text cannot occur inside a string, so it is the message's own member.
+
+    Any other row (optional members, other layouts, escaped names) takes the round trip.
+    """
+    page = _select(kv, app_id, channel, query, stall, node_id)
+    stream_id = render_json(page.head.stream_id if page.head else None)
+    channel_member = b',"channel":' + render_json(channel) + b',"data":'
+    tail_head = b',"stream_id":' + stream_id + b',"serial":'
+    serial_at = page.serial_at
+    unpack = _U64.unpack_from
+    items: list[bytes] = []
+    append = items.append
+    # '{"event":<name>,"channel":<channel>,"data":' of the previous row (rows of a channel
+    # mostly share event names), the name, and where the row's data starts.
+    start, event, data_at = _NO_START, b"", 0
+    for key, raw in page.rows:
+        serial = unpack(key, serial_at)[0]
+        tail = b"%b%d}" % (tail_head, serial)
+        if raw.endswith(tail):
+            if not raw.startswith(start, _ROW_HEADER):
+                start, event = _message_start(raw, channel_member)
+                data_at = _ROW_HEADER + len(start)
+            end = len(raw) - len(tail)
+            at = raw.rfind(_MESSAGE_ID_OPEN, _ROW_HEADER, end) + len(_MESSAGE_ID_OPEN)
+            if (
+                event
+                and raw[data_at] == _QUOTE
+                and at > _ROW_HEADER
+                and raw.find(b'"', at, end) == end - 1
+            ):
+                append(
+                    _ITEM
+                    % (
+                        stream_id,
+                        serial,
+                        unpack(raw)[0],
+                        raw[at - 1 : end],
+                        event,
+                        len(raw) - _ROW_HEADER,
+                        raw[_ROW_HEADER:],
+                    )
+                )
+                continue
+        append(_round_trip(raw, stream_id, serial))
+    rest = render_json(_envelope(app_id, channel, query, page))
+    return b'{"items":[' + b",".join(items) + b"]," + rest[1:]
+
+
+_NO_START = b"\xff"
+"""Never the start of a stored message (they start with ``{``)."""
+
+
+def _message_start(raw: bytes, channel_member: bytes) -> tuple[bytes, bytes]:
+    """``('{"event":<name>,"channel":…,"data":', <name>)`` of a row, or ``(_NO_START, b"")``."""
+    m = _EVENT_TOKEN.match(raw, _ROW_HEADER)
+    if m is not None:
+        event: bytes = m.group(1)
+        start = b'{"event":' + event + channel_member
+        if raw.startswith(start, _ROW_HEADER):
+            return start, event
+    return _NO_START, b""
+
+
+def _round_trip(raw: bytes, stream_id: bytes, serial: int) -> bytes:
+    """One rendered item by decoding the stored message and encoding it again."""
+    message_json = raw[_ROW_HEADER:]
+    message = json.loads(message_json)
+    return _ITEM % (
+        stream_id,
+        serial,
+        _U64.unpack_from(raw)[0],
+        render_json(message.get("message_id")),
+        render_json(message.get("event")),
+        len(message_json),
+        render_json(message),
+    )
 
 
 def _truncated_by_retention(head: StreamHead | None, q: HistoryQuery) -> bool:

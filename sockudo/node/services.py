@@ -220,6 +220,21 @@ class ChannelService:
             node_id=self.settings.node_id,
         )
 
+    def history_page_json(
+        self, app: AppConfig, channel: str, query: history_reads.HistoryQuery
+    ) -> bytes:
+        """:meth:`history_page` as the JSON body of ``GET …/history``, rendered from the rows."""
+        store = self.runtime.store
+        assert store is not None
+        return history_reads.read_page_json(
+            store,
+            app.id,
+            channel,
+            query,
+            stall=self.stall(app.id, channel),
+            node_id=self.settings.node_id,
+        )
+
     def history_state(self, app: AppConfig, channel: str) -> dict[str, Any]:
         store = self.runtime.store
         assert store is not None
