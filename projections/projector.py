@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from projections.folds.channel import CHANNEL_EVENT_TYPES, ChannelState, RecordContext, fold
 from projections.folds.presence import PRESENCE_EVENT_TYPES, fold_presence
+from projections.folds.revocations import REVOCATION_EVENT_TYPES, fold_revocation
 from projections.folds.state import IGNORED, Delivery, Outcome, StreamHead
 from projections.store import keys
 from projections.store.kv import Overlay
@@ -136,6 +137,10 @@ class Projector:
                 result.deliveries.extend(folded.deliveries)
             elif isinstance(event, PRESENCE_EVENT_TYPES):
                 folded = fold_presence(channel_state, ctx, event)
+                outcome = folded.outcome
+                result.deliveries.extend(folded.deliveries)
+            elif isinstance(event, REVOCATION_EVENT_TYPES):
+                folded = fold_revocation(channel_state, ctx, event)
                 outcome = folded.outcome
                 result.deliveries.extend(folded.deliveries)
             else:

@@ -16,20 +16,27 @@ from sockudo.config import AppConfig, HistoryPolicy, PresenceHistoryPolicy, Sett
 from sockudo.errors import ApiError
 
 __all__ = [
+    "META_PREFIX",
     "USER_CHANNEL_PREFIX",
     "ChannelInfo",
+    "ChannelPattern",
     "ChannelPolicy",
     "ChannelType",
     "InvalidChannelName",
     "classify_channel",
     "is_presence_channel",
+    "is_v2_only_target",
     "namespace_of",
     "resolve_channel_policy",
     "strip_type_prefix",
     "validate_channel_name",
+    "validate_meta_channel",
+    "validate_pattern",
 ]
 
 USER_CHANNEL_PREFIX = "#server-to-user-"
+META_PREFIX = "[meta]"
+"""``[meta]<channel>``: a V2 subscription to the occupancy and presence of ``<channel>``."""
 
 
 class InvalidChannelName(ApiError):
@@ -220,6 +227,89 @@ def validate_channel_name(
         raise InvalidChannelName(
             name, f"Channel name too long: {size} bytes, the maximum is {max_length}"
         )
+    return info
+
+
+# --- V2-only subscription targets (spec 02 §5.8) ------------------------------------------------
+#
+# Neither form is a channel: nothing can be published to one, and their names use characters
+# (`*`, `[`, `]`) that validate_channel_name refuses, so they can never collide with a channel.
+
+_PATTERN = re.compile(r"[A-Za-z0-9_\-=@.:*]+")
+
+
+def is_v2_only_target(name: str) -> bool:
+    """A wildcard pattern or a ``[meta]`` channel (syntax only; validate before use)."""
+    return "*" in name or name.startswith(META_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPattern:
+    """A wildcard subscription ``prefix*``, ``*suffix`` or ``pre*fix`` (spec 02 §5.8).
+
+    Matches public channels only, whatever their name: a pattern never reaches a private,
+    presence, encrypted or user channel.
+    """
+
+    pattern: str
+    prefix: str
+    suffix: str
+
+    @classmethod
+    def parse(cls, pattern: str) -> ChannelPattern:
+        """Split an already validated pattern at its ``*``."""
+        prefix, _, suffix = pattern.partition("*")
+        return cls(pattern, prefix, suffix)
+
+    def matches(self, channel: str) -> bool:
+        return (
+            len(channel) >= len(self.prefix) + len(self.suffix)
+            and channel.startswith(self.prefix)
+            and channel.endswith(self.suffix)
+            and classify_channel(channel).type is ChannelType.PUBLIC
+        )
+
+
+def validate_pattern(name: str, app: AppConfig) -> ChannelPattern:
+    """Check a wildcard subscription name (spec 02 §5.8); raises :class:`InvalidChannelName`.
+
+    Exactly one ``*``; only ``A-Z a-z 0-9 _ - = @ . : *`` (so no ``#``); at most the app's
+    ``max_channel_name_length`` bytes; and a prefix that does not name a non-public type
+    (``private-*``, ``presence-x*``), since such a pattern could never match anything.
+    """
+    if not _PATTERN.fullmatch(name):
+        raise InvalidChannelName(
+            name,
+            f"Invalid wildcard channel '{_shown(name)}': "
+            "only A-Z a-z 0-9 _ - = @ . : and one * are allowed",
+        )
+    if name.count("*") != 1:
+        raise InvalidChannelName(
+            name, f"Invalid wildcard channel '{_shown(name)}': exactly one '*' is allowed"
+        )
+    pattern = ChannelPattern.parse(name)
+    if classify_channel(pattern.prefix).type is not ChannelType.PUBLIC:
+        raise InvalidChannelName(
+            name, f"Invalid wildcard channel '{_shown(name)}': only public channels can match"
+        )
+    max_length = app.limits.max_channel_name_length
+    if len(name) > max_length:  # ASCII only, so characters are bytes
+        raise InvalidChannelName(
+            name, f"Channel name too long: {len(name)} bytes, the maximum is {max_length}"
+        )
+    return pattern
+
+
+def validate_meta_channel(name: str, app: AppConfig) -> ChannelInfo:
+    """``[meta]<channel>``: the classification of ``<channel>``, which must be a valid channel
+    name and not a user channel. Raises :class:`InvalidChannelName` (about ``name``)."""
+    target = name[len(META_PREFIX) :]
+    try:
+        info = validate_channel_name(target, app)
+    except InvalidChannelName as exc:
+        raise InvalidChannelName(name, f"Invalid meta channel: {exc.message}") from None
+    if info.is_user_channel:
+        raise InvalidChannelName(name, "Invalid meta channel: user channels have no meta channel")
     return info
 
 

@@ -35,6 +35,8 @@ PRESENCE_HIST = "presence_hist"
 """Presence-history transitions: ``CK gen u64 P``."""
 CACHE = "cache"
 """Last HTTP-published event of each cache channel (``CK``)."""
+REVOCATIONS = "revocations"
+"""Revoked capability tokens by jti and by client id, with an expiry index (folds/revocations)."""
 
 COLUMN_FAMILIES: tuple[str, ...] = (
     META,
@@ -51,6 +53,7 @@ COLUMN_FAMILIES: tuple[str, ...] = (
     PSTREAMS,
     PRESENCE_HIST,
     CACHE,
+    REVOCATIONS,
 )
 """Every column family; ``tools rebuild --verify`` compares all of them except ``meta``."""
 

@@ -50,7 +50,7 @@ from sockudo.events.registry import (
     PushTemplateUpserted,
     RegistryEvent,
 )
-from sockudo.events.users import UserConnectionsTerminated, UserEvent
+from sockudo.events.users import CapabilityRevoked, UserConnectionsTerminated, UserEvent
 
 __all__ = ["EVENT_CLASSES", "ChannelTopicEvent", "Event"]
 
@@ -76,6 +76,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     NodeDeclaredDead,
     # channel-events: connection control
     UserConnectionsTerminated,
+    CapabilityRevoked,
     # channel-events: versioned-message mutations and annotations
     MessageUpdated,
     MessageDeleted,

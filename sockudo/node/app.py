@@ -13,7 +13,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from sockudo.errors import SockudoError
 from sockudo.http import channels as channels_api
-from sockudo.http import events, health, history, ops, users
+from sockudo.http import events, health, history, ops, revocations, users
 from sockudo.http.context import HttpContext
 from sockudo.http.errors import handle_exception, not_found
 from sockudo.node.hub import Hub
@@ -52,6 +52,7 @@ def build_app(
             users.force_reconnect,
             methods=["POST"],
         ),
+        Route("/apps/{app_id}/revocations", revocations.revoke_tokens, methods=["POST"]),
         Route("/apps/{app_id}/channels/{channel}/history", history.get_history, methods=["GET"]),
         Route(
             "/apps/{app_id}/channels/{channel}/history/state",

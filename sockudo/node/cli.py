@@ -18,6 +18,7 @@ from sockudo import metrics
 from sockudo.config import Settings, load_settings
 from sockudo.errors import ConfigError
 from sockudo.node.app import build_app
+from sockudo.node.cluster import ClusterService
 from sockudo.node.connections import ConnectionService
 from sockudo.node.fanout import Fanout
 from sockudo.node.hub import Hub
@@ -95,7 +96,11 @@ async def run_node(settings: Settings) -> None:
     await runtime.start()
     channels = ChannelService(runtime)
     app = build_app(channels, hub=hub, hot=hot)
-    await declare_orphans_dead(app.state.ctx.connections)
+    # Heartbeats start before the first socket, so every presence join comes from an
+    # incarnation the cluster has heard of (spec 05 §9.3).
+    cluster = ClusterService(runtime, app.state.ctx.connections, hub)
+    await cluster.start()
+    await declare_orphans_dead(app.state.ctx.connections, cluster)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -138,11 +143,13 @@ async def run_node(settings: Settings) -> None:
     try:
         await asyncio.gather(*servers)
     finally:
+        # The sockets are closed and their leaves appended: announce the stop, then close.
+        await cluster.stop(announce=True)
         await runtime.stop()
         log.info("sockudo-node stopped cleanly")
 
 
-async def declare_orphans_dead(connections: ConnectionService) -> None:
+async def declare_orphans_dead(connections: ConnectionService, cluster: ClusterService) -> None:
     """Presence members an earlier run of this node left behind (SIGKILL, power loss) go away.
 
     Runs after the fold caught up, so the projection shows every connection the log still
@@ -153,7 +160,7 @@ async def declare_orphans_dead(connections: ConnectionService) -> None:
         await runner.wait_caught_up(30.0)
     for incarnation in sorted(connections.orphaned_incarnations()):
         log.info("declaring earlier incarnation %s dead", incarnation)
-        await connections.declare_dead(incarnation)
+        await cluster.declare_dead(incarnation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,10 +8,11 @@ without holding the socket's read loop for a fold round trip.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from projections.folds.state import IGNORED, Outcome
@@ -19,6 +20,7 @@ from projections.reads import presence as presence_reads
 from projections.store import keys
 from sockudo.channels import resolve_channel_policy
 from sockudo.config import AppConfig
+from sockudo.errors import FoldTimeout
 from sockudo.events.channel import Flags, MessagePublished, Origin, Retention
 from sockudo.events.presence import (
     NodeDeclaredDead,
@@ -159,25 +161,40 @@ class ConnectionService:
                 found.add(incarnation)
         return found
 
-    async def declare_dead(self, incarnation: str) -> None:
-        """Append ``node.dead`` to every partition: each fold removes the members it holds."""
+    async def declare_dead(self, incarnation: str, *, last_seen_ms: int = 0) -> NodeDeclaredDead:
+        """Append ``node.dead`` to every partition: each fold removes the members it holds.
+
+        Appends to all partitions at once, then waits for this node's fold of each. A failed
+        append raises (declaring again is harmless: the fold is idempotent); a fold that does
+        not confirm in time (a stalled partition) is only logged. Returns the declaration, for
+        the summary the cleaner appends to ``nodes`` (spec 05 §9.3).
+        """
         key = b"__node__\x00" + incarnation.encode()
-        for p in range(self.runtime.partitions):
-            event = NodeDeclaredDead(
-                event_id=str(uuid.uuid4()),
-                origin=self._origin(),
-                incarnation=incarnation,
-                declared_by=self.runtime.incarnation,
-                last_seen_ms=0,
-            )
-            partition, offset = await self.channels.append(event, partition=p, key=key)
-            runner = self.runtime.runner
-            assert runner is not None
-            outcome = await runner.wait_applied(partition, offset, 10.0)
-            if outcome.kind != IGNORED:
-                log.info(
-                    "declared %s dead on partition %s: %s",
-                    incarnation,
-                    p,
-                    json.dumps(outcome.details),
+        summary = NodeDeclaredDead(
+            event_id=str(uuid.uuid4()),
+            origin=self._origin(),
+            incarnation=incarnation,
+            declared_by=self.runtime.incarnation,
+            last_seen_ms=last_seen_ms,
+        )
+        appended = await asyncio.gather(
+            *(
+                self.channels.append(
+                    replace(summary, event_id=str(uuid.uuid4())), partition=p, key=key
                 )
+                for p in range(self.runtime.partitions)
+            )
+        )
+        runner = self.runtime.runner
+        assert runner is not None
+        removed = 0
+        for partition, offset in appended:
+            try:
+                outcome = await runner.wait_applied(partition, offset, 10.0)
+            except FoldTimeout as exc:
+                log.warning("node.dead of %s on partition %s: %s", incarnation, partition, exc)
+                continue
+            if outcome.kind != IGNORED:
+                removed += int(outcome.details.get("connections", 0))
+        log.info("declared %s dead: %s presence connection(s) removed", incarnation, removed)
+        return summary

@@ -4,6 +4,11 @@ Called synchronously by the fold loop after each committed batch (consumer.py), 
 await. Each message is serialised once and the same ``str`` is enqueued for every subscriber.
 A subscriber whose bounded queue is full is closed with 4100 ``Over capacity`` (spec 01 §2.4:
 the client reconnects with backoff) rather than letting a slow reader grow the node's memory.
+
+V2 sockets may also receive a channel's messages through wildcard patterns, and its occupancy
+and presence changes through ``[meta]<channel>`` (spec 02 §5.8). A socket whose subscriptions
+cover a message several times (the channel and a pattern, or two patterns) receives it once:
+when at least one of those subscriptions' predicates accepts it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import logging
 import time
 
+from projections.folds.revocations import CLOSE_REVOKED
 from projections.folds.state import (
     CLOSE_USER,
     MEMBER_ADDED,
@@ -21,9 +27,11 @@ from projections.folds.state import (
     Delivery,
 )
 from sockudo import metrics
+from sockudo.channels import META_PREFIX
 from sockudo.events.users import USER_CHANNEL_PREFIX
-from sockudo.node.hub import Hub, Outbox
+from sockudo.node.hub import Hub, Outbox, PatternSubscribers
 from sockudo.node.replay import HotReplay
+from sockudo.node.tokens import close_revoked
 from sockudo.ws.egress import Frame
 from sockudo.ws.framing import encode_frame, payload_length
 from sockudo.ws.predicates import MessageView
@@ -47,6 +55,7 @@ class Fanout:
         self.frames_sent = 0
         self.slow_closed = 0
         self._held: list[Outbox] | None = None
+        hub.occupancy_listener = self.occupancy
 
     def deliver(self, deliveries: list[Delivery]) -> None:
         if len(deliveries) > 1:
@@ -68,14 +77,18 @@ class Fanout:
             elif d.kind in (MEMBER_ADDED, MEMBER_REMOVED):
                 # The joining socket is not in the hub yet, so it never sees its own edge.
                 self._presence(d, d.kind, v2_only=False)
+                self._meta_presence(d)
             elif d.kind == MEMBER_UPDATED:
                 # V2 only, the sender included (spec 02 §12); V1 members get nothing.
                 self._presence(d, "presence_update", v2_only=True)
+                self._meta_presence(d)
             elif d.kind == CLOSE_USER:
                 code, reason = RECONNECT if d.data == "reconnect" else TERMINATE
                 for outbox in self.hub.sockets_of_user(d.app_id, d.user_id or ""):
                     outbox.close_cause = "terminated"
                     outbox.request_close(code, reason)
+            elif d.kind == CLOSE_REVOKED:
+                close_revoked(self.hub, d)
 
     def _presence(self, d: Delivery, name: str, *, v2_only: bool) -> None:
         """A presence frame to the channel's subscribers, built once per (protocol, format)."""
@@ -93,18 +106,22 @@ class Fanout:
 
     def _message(self, d: Delivery) -> None:
         self.hot.add(d)
+        patterns: PatternSubscribers = ()
         if d.channel.startswith(USER_CHANNEL_PREFIX):
             # User channels reach every socket of the user, subscribed or not (spec 01 §3.10).
             targets = self.hub.sockets_of_user(d.app_id, d.channel[len(USER_CHANNEL_PREFIX) :])
         else:
             targets = self.hub.subscribers(d.app_id, d.channel)
-        if not targets:
+            patterns = self.hub.pattern_subscribers(d.app_id, d.channel)
+        if not targets and not patterns:
             return
         # Serialise once per (protocol, format) and share the frame between sockets.
         frames = _Frames()
         sent = 0
         exclude = d.exclude_socket_id
         view: MessageView | None = None
+        # With patterns in play: the sockets this message is settled for (sent, or excluded).
+        reached: set[str] | None = set() if patterns else None
         for outbox in targets:
             predicate = outbox.predicates.get(d.channel) if outbox.predicates else None
             if predicate is not None:
@@ -112,6 +129,8 @@ class Fanout:
                     view = MessageView.of_delivery(d)  # once per message, shared
                 if not predicate.matches(view):
                     continue
+            if reached is not None:
+                reached.add(outbox.socket_id)
             if outbox.socket_id == exclude and not (
                 # A V2 sender of a client event receives it back unless echo is off (02 §10.3).
                 d.client_event and outbox.egress.protocol == 2 and _echo(d, outbox)
@@ -129,11 +148,101 @@ class Fanout:
                 sent += self._offer(outbox, own, None)
             else:
                 sent += self._offer(outbox, frame, frames)
+        if reached is not None:
+            sent += self._pattern_message(d, patterns, reached, frames, view)
         frames.count(d.app_id)
         self.frames_sent += sent
         metrics.broadcast_latency(
             d.app_id, metrics.channel_type(d.channel), sent, time.time() * 1000 - d.published_at_ms
         )
+
+    def _pattern_message(
+        self,
+        d: Delivery,
+        patterns: PatternSubscribers,
+        reached: set[str],
+        frames: _Frames,
+        view: MessageView | None,
+    ) -> int:
+        """Deliver ``d`` to the sockets of the matching wildcard patterns not yet reached.
+
+        The frame is the concrete channel's own message (its name in ``channel``, its
+        ``message_id``, ``stream_id`` and ``serial``), shared with the channel's subscribers.
+        """
+        sent = 0
+        exclude = d.exclude_socket_id
+        for pattern, subscribers in patterns:
+            for outbox in list(subscribers.values()):
+                if outbox.socket_id in reached:
+                    continue
+                predicate = outbox.predicates.get(pattern) if outbox.predicates else None
+                if predicate is not None:
+                    if view is None:
+                        view = MessageView.of_delivery(d)
+                    if not predicate.matches(view):
+                        continue  # another pattern of this socket may still accept it
+                reached.add(outbox.socket_id)
+                if outbox.socket_id == exclude and not (
+                    d.client_event and outbox.egress.protocol == 2 and _echo(d, outbox)
+                ):
+                    continue
+                frame = frames.get(outbox.egress.key)
+                if frame is None:
+                    frame = frames.put(outbox.egress.key, outbox.egress.message(d))
+                delta = outbox.deltas.get(d.channel) if outbox.deltas else None
+                if delta is not None and isinstance(frame, str):
+                    # Also subscribed to the channel with delta on (its predicate refused this
+                    # message): keep that channel's delta sequence whole.
+                    own = delta.next_frame(
+                        frame,
+                        d.event,
+                        message_id=d.message_id,
+                        stream_id=d.stream_id,
+                        serial=d.serial,
+                    )
+                    sent += self._offer(outbox, own, None)
+                else:
+                    sent += self._offer(outbox, frame, frames)
+        return sent
+
+    # --- meta channels (spec 02 §5.8) -----------------------------------------------------------
+
+    def occupancy(
+        self, app_id: str, channel: str, before: int, after: int, subscribers: list[Outbox]
+    ) -> None:
+        """The hub's listener: ``[meta]<channel>`` frames for a local subscription count change.
+
+        ``channel_occupied`` when the channel gains its first local subscriber, then the new
+        ``subscription_count``, then ``channel_vacated`` when the last one left.
+        """
+        meta = META_PREFIX + channel
+        events: list[tuple[str, dict[str, object]]] = []
+        if before == 0 and after > 0:
+            events.append(("channel_occupied", {"channel": channel}))
+        events.append(("subscription_count", {"channel": channel, "subscription_count": after}))
+        if after == 0 and before > 0:
+            events.append(("channel_vacated", {"channel": channel}))
+        for event, data in events:
+            self._meta_frame(app_id, meta, event, data, subscribers)
+
+    def _meta_presence(self, d: Delivery) -> None:
+        """``presence_update`` on ``[meta]<channel>`` for a presence change of ``channel``."""
+        subscribers = self.hub.meta_subscribers(d.app_id, d.channel)
+        if not subscribers:
+            return
+        data = {"channel": d.channel, "user_id": d.user_id, "action": d.kind}
+        self._meta_frame(d.app_id, META_PREFIX + d.channel, "presence_update", data, subscribers)
+
+    def _meta_frame(
+        self, app_id: str, meta: str, event: str, data: object, subscribers: list[Outbox]
+    ) -> None:
+        frames = _Frames()
+        for outbox in subscribers:
+            frame = frames.get(outbox.egress.key)
+            if frame is None:
+                frame = frames.put(outbox.egress.key, outbox.egress.internal(event, meta, data))
+            self.frames_sent += self._offer(outbox, frame, frames)
+        frames.count(app_id)
 
     def _offer(self, outbox: Outbox, frame: Frame, shared: _Frames | None) -> int:
         """1 when sent or queued; a socket that cannot keep up is closed instead (4100).

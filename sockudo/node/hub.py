@@ -5,15 +5,23 @@ the socket's transport (direct mode, see sockudo/ws/direct.py); elsewhere it is 
 queue drained by one writer task. Either way fanout and the socket's own read loop offer frames
 synchronously, and a socket that cannot keep up is asked to close instead of buffering without
 bound (spec 01 §2.4 code 4100, see fanout.py).
+
+Besides channels, a V2 socket can subscribe to a wildcard pattern or a ``[meta]<channel>``
+(spec 02 §5.8). They are kept apart from channel subscribers, so subscription counts, occupied
+channels and the fanout of a node without them stay exactly what they were: a pattern lookup
+for a message is one dict probe while the app has no patterns, and the patterns matching a
+channel are computed once and cached until the app's set of patterns changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from sockudo import metrics
+from sockudo.channels import META_PREFIX, ChannelPattern, is_v2_only_target
+from sockudo.node.tokens import TokenSockets
 from sockudo.ws.delta import ChannelDeltaState
 from sockudo.ws.egress import V1, Egress, Frame
 from sockudo.ws.framing import Transport, encode_frame, payload_length
@@ -23,6 +31,14 @@ SEND_QUEUE_FRAMES = 1024
 """Frames one socket may have waiting; a client that falls this far behind is disconnected."""
 SEND_QUEUE_CHARS = 4 * 1024 * 1024
 """Characters one socket may have waiting: bounds memory when frames are large (100 KiB each)."""
+PATTERN_CACHE_CHANNELS = 4096
+"""Channels per app whose matching patterns are remembered; the cache restarts when full."""
+
+PatternSubscribers = tuple[tuple[str, dict[str, "Outbox"]], ...]
+"""The patterns matching one channel: ``(pattern, socket id → outbox)`` each."""
+OccupancyListener = Callable[[str, str, int, int, list["Outbox"]], None]
+"""``(app_id, channel, count before, count after, meta subscribers)``: told of every change of a
+channel's local subscription count while someone subscribes to its ``[meta]`` channel."""
 
 
 class Outbox:
@@ -134,13 +150,19 @@ class Outbox:
         self._wake.set()
         return True
 
-    def request_close(self, code: int, reason: str) -> None:
-        """Ask the writer to close; the first request wins, pending frames are dropped."""
+    def request_close(self, code: int, reason: str, farewell: Frame | None = None) -> None:
+        """Ask the writer to close; the first request wins, pending frames are dropped.
+
+        ``farewell``: one last frame the writer sends before the close (a revoked token's
+        ``token_expired``), in direct mode too.
+        """
         if self.close_request is None:
             self.close_request = (code, reason)
             self._frames.clear()
             self._chars = 0
             self._held = None
+            if farewell is not None:
+                self._frames.append(farewell)
             self._wake.set()
 
     def __len__(self) -> int:
@@ -174,6 +196,16 @@ class Hub:
         self._users: dict[tuple[str, str], dict[str, Outbox]] = {}
         # (socket id, presence channel) → the user id the socket joined it as.
         self._members: dict[tuple[str, str], str] = {}
+        # Wildcard patterns: app id → pattern → (parsed pattern, socket id → outbox), and the
+        # patterns matching each channel seen since the app's pattern set last changed.
+        self._patterns: dict[str, dict[str, tuple[ChannelPattern, dict[str, Outbox]]]] = {}
+        self._pattern_hits: dict[str, dict[str, PatternSubscribers]] = {}
+        # `[meta]<channel>` subscribers: (app id, channel) → socket id → outbox.
+        self._meta: dict[tuple[str, str], dict[str, Outbox]] = {}
+        self.occupancy_listener: OccupancyListener | None = None
+        """Set by fanout: sends the ``[meta]`` frames of a subscription count change."""
+        self.tokens = TokenSockets()
+        """Sockets authenticated by a capability token (spec 02 §11)."""
 
     # --- sockets ----------------------------------------------------------------------------
 
@@ -193,10 +225,13 @@ class Hub:
         if outbox is None:
             return []
         channels = sorted(self._subscriptions.pop(socket_id, set()))
-        for channel in channels:
+        # Patterns and meta subscriptions first: the leaving socket is then told nothing
+        # about its own channels' counts on the way out.
+        for channel in sorted(channels, key=lambda c: not is_v2_only_target(c)):
             self._leave(outbox.app_id, channel, socket_id)
             self._members.pop((socket_id, channel), None)
         self._drop_user(outbox, socket_id)
+        self.tokens.discard(socket_id)
         left = self._per_app[outbox.app_id] - 1
         if left:
             self._per_app[outbox.app_id] = left
@@ -225,8 +260,13 @@ class Hub:
     # --- subscriptions ----------------------------------------------------------------------
 
     def subscribe(self, socket_id: str, channel: str, member: str | None = None) -> bool:
-        """Join ``channel`` (``member``: user id of a presence join); ``False`` if already in."""
+        """Join ``channel`` (``member``: user id of a presence join); ``False`` if already in.
+
+        ``channel`` may also be a validated wildcard pattern or ``[meta]`` channel (V2).
+        """
         outbox = self._sockets[socket_id]
+        if is_v2_only_target(channel):
+            return self._subscribe_target(outbox, channel)
         subscribers = self._channels.setdefault((outbox.app_id, channel), {})
         if socket_id in subscribers:
             return False
@@ -234,8 +274,11 @@ class Hub:
         self._subscriptions[socket_id].add(channel)
         kind = metrics.channel_type(channel)
         metrics.subscribed(outbox.app_id, kind)
-        if len(subscribers) == 1:
+        count = len(subscribers)
+        if count == 1:
             metrics.channel_active(outbox.app_id, kind, 1)
+        if self._meta:
+            self._occupancy(outbox.app_id, channel, count - 1, count)
         if member is not None:
             self._members[(socket_id, channel)] = member
             if socket_id not in self._user_of:
@@ -253,15 +296,22 @@ class Hub:
         return True
 
     def _leave(self, app_id: str, channel: str, socket_id: str) -> None:
+        if is_v2_only_target(channel):
+            self._leave_target(app_id, channel, socket_id)
+            return
         subscribers = self._channels.get((app_id, channel))
         if subscribers is None:
             return
         # Counted here so a disconnect ends its subscriptions in the metrics too.
-        if subscribers.pop(socket_id, None) is not None:
-            metrics.unsubscribed(app_id, metrics.channel_type(channel))
-        if not subscribers:
+        if subscribers.pop(socket_id, None) is None:
+            return
+        metrics.unsubscribed(app_id, metrics.channel_type(channel))
+        count = len(subscribers)
+        if not count:
             del self._channels[(app_id, channel)]
             metrics.channel_active(app_id, metrics.channel_type(channel), -1)
+        if self._meta:
+            self._occupancy(app_id, channel, count + 1, count)
 
     def channels_of(self, socket_id: str) -> frozenset[str]:
         return frozenset(self._subscriptions.get(socket_id, ()))
@@ -272,6 +322,81 @@ class Hub:
 
     def subscription_count(self, app_id: str, channel: str) -> int:
         return len(self._channels.get((app_id, channel), ()))
+
+    # --- wildcard patterns and meta channels (V2, spec 02 §5.8) --------------------------------
+
+    def _subscribe_target(self, outbox: Outbox, name: str) -> bool:
+        socket_id, app_id = outbox.socket_id, outbox.app_id
+        if name.startswith(META_PREFIX):
+            subscribers = self._meta.setdefault((app_id, name[len(META_PREFIX) :]), {})
+        else:
+            patterns = self._patterns.setdefault(app_id, {})
+            entry = patterns.get(name)
+            if entry is None:
+                entry = patterns[name] = (ChannelPattern.parse(name), {})
+                self._pattern_hits.pop(app_id, None)  # the app's pattern set changed
+            subscribers = entry[1]
+        if socket_id in subscribers:
+            return False
+        subscribers[socket_id] = outbox
+        self._subscriptions[socket_id].add(name)
+        return True
+
+    def _leave_target(self, app_id: str, name: str, socket_id: str) -> None:
+        if name.startswith(META_PREFIX):
+            key = (app_id, name[len(META_PREFIX) :])
+            subscribers = self._meta.get(key)
+            if subscribers is not None:
+                subscribers.pop(socket_id, None)
+                if not subscribers:
+                    del self._meta[key]
+            return
+        patterns = self._patterns.get(app_id)
+        entry = patterns.get(name) if patterns is not None else None
+        if patterns is None or entry is None:
+            return
+        entry[1].pop(socket_id, None)
+        if not entry[1]:
+            del patterns[name]
+            self._pattern_hits.pop(app_id, None)
+            if not patterns:
+                del self._patterns[app_id]
+
+    def pattern_subscribers(self, app_id: str, channel: str) -> PatternSubscribers:
+        """The wildcard patterns of ``app_id`` that match ``channel``, with their subscribers.
+
+        ``()`` at the cost of one dict probe while the app has no pattern subscriptions.
+        The subscriber dicts are live: snapshot them before offering frames.
+        """
+        patterns = self._patterns.get(app_id)
+        if not patterns:
+            return ()
+        hits = self._pattern_hits.setdefault(app_id, {})
+        found = hits.get(channel)
+        if found is None:
+            if len(hits) >= PATTERN_CACHE_CHANNELS:
+                hits.clear()
+            found = hits[channel] = tuple(
+                (name, subscribers)
+                for name, (pattern, subscribers) in patterns.items()
+                if pattern.matches(channel)
+            )
+        return found
+
+    def meta_subscribers(self, app_id: str, channel: str) -> list[Outbox]:
+        """Sockets subscribed to ``[meta]<channel>`` (a snapshot); ``[]`` cheaply when none."""
+        if not self._meta:
+            return []
+        subscribers = self._meta.get((app_id, channel))
+        return list(subscribers.values()) if subscribers else []
+
+    def _occupancy(self, app_id: str, channel: str, before: int, after: int) -> None:
+        listener = self.occupancy_listener
+        if listener is None:
+            return
+        subscribers = self._meta.get((app_id, channel))
+        if subscribers:
+            listener(app_id, channel, before, after, list(subscribers.values()))
 
     def member_of(self, socket_id: str, channel: str) -> str | None:
         """The user id ``socket_id`` joined presence ``channel`` as, if it did."""

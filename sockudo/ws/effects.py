@@ -19,7 +19,7 @@ from sockudo.node.connections import ClientEvent, ConnectionService
 from sockudo.node.hub import Hub, Outbox
 from sockudo.node.replay import HotReplay
 from sockudo.node.watchlist import Watchlists
-from sockudo.ws import streams, v1
+from sockudo.ws import streams, token_auth, v1
 from sockudo.ws.session import (
     Attach,
     DeltaResync,
@@ -34,6 +34,7 @@ from sockudo.ws.session import (
     Session,
     SignedIn,
 )
+from sockudo.ws.tokens import RefreshToken
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ async def run(effect: Effect, env: SocketEnv) -> None:
                 streams.resume(env, positions)
             case History(channel=channel, request=request):
                 streams.history(env, channel, request)
+            case RefreshToken():
+                token_auth.refresh(
+                    effect, env.session, env.outbox, env.hub, env.app, env.connections.channels
+                )
     except SockudoError as exc:
         # The log refused or timed out: tell this client, keep everyone else going.
         log.warning("effect %s of %s failed: %s", type(effect).__name__, env.outbox.socket_id, exc)

@@ -46,6 +46,7 @@ class Egress(Protocol):
     def message(self, d: Delivery) -> Frame: ...
     def cached_message(self, event: str, channel: str, data: str) -> Frame: ...
     def system(self, event: str, channel: str | None, data: Any) -> Frame: ...
+    def internal(self, event: str, channel: str | None, data: Any) -> Frame: ...
     def resume_failed(self, channel: str, failure: dict[str, Any]) -> Frame: ...
     def resume_success(self, result: dict[str, Any]) -> Frame: ...
 
@@ -115,6 +116,13 @@ class V1Egress:
         frame["data"] = data
         return _COMPACT.encode(frame)
 
+    def internal(self, event: str, channel: str | None, data: Any) -> Frame:
+        frame: dict[str, Any] = {"event": f"pusher_internal:{event}"}
+        if channel is not None:
+            frame["channel"] = channel
+        frame["data"] = data
+        return _COMPACT.encode(frame)
+
 
 def _resume_failed(egress: Any, channel: str, failure: dict[str, Any]) -> Frame:
     # `data` is a JSON *string* carrying `channel` too (spec 02 §7.4).
@@ -168,6 +176,10 @@ class V2Egress:
 
     def _internal(self, event: str, channel: str | None, data: Data | None) -> Frame:
         return self._frame(Envelope(event=f"sockudo_internal:{event}", channel=channel, data=data))
+
+    def internal(self, event: str, channel: str | None, data: Any) -> Frame:
+        """``sockudo_internal:<event>`` with ``data`` as a JSON value (``[meta]`` frames)."""
+        return self._internal(event, channel, Data.of_value(data))
 
     def connection_established(self, socket_id: str, activity_timeout: int) -> Frame:
         # `data` is a JSON *string* here, as on V1 (spec 02 §3).

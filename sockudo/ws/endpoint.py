@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocket
 
 from sockudo import metrics, origins
+from sockudo.capabilities import InvalidToken
 from sockudo.channels import resolve_channel_policy
 from sockudo.config import AppConfig, Settings
 from sockudo.http import ip_limit
@@ -30,7 +31,7 @@ from sockudo.node.hub import Hub, Outbox
 from sockudo.node.replay import HotReplay
 from sockudo.node.services import app_history_enabled
 from sockudo.node.watchlist import Watchlists
-from sockudo.ws import direct, effects
+from sockudo.ws import direct, effects, token_auth
 from sockudo.ws.egress import V1, Egress, Frame
 from sockudo.ws.egress import v2 as v2_egress
 from sockudo.ws.session import PresenceLeave, Reply, Session
@@ -166,6 +167,17 @@ async def websocket_v1(websocket: WebSocket) -> None:
         await _reject(websocket, egress, *rejection)
         return
     assert app is not None
+    grant = None
+    if "token" in params:  # V2 only (V1 was refused above): verified before admission ends
+        assert ctx.connections is not None
+        try:
+            grant = token_auth.authenticate(
+                params["token"], app, ctx.connections.channels, time.time()
+            )
+        except InvalidToken as exc:
+            metrics.connection_error(app.id, "capability_token_invalid")
+            await token_auth.reject(websocket, egress, exc)
+            return
     socket_id = new_socket_id(hub.has_socket)
     outbox = Outbox(socket_id, app.id, egress=egress)
     transport = direct.transport_of(websocket.scope)
@@ -193,6 +205,8 @@ async def websocket_v1(websocket: WebSocket) -> None:
     outbox.predicates = session.predicates
     outbox.deltas = session.deltas
     hub.add(outbox)
+    if grant is not None:
+        token_auth.attach(session, outbox, hub, grant)
     metrics.connection_opened(app.id)
     outbox.offer(session.opening())
     writer = asyncio.create_task(_write(websocket, outbox), name=f"ws-writer:{socket_id}")

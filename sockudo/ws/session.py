@@ -16,11 +16,16 @@ from typing import Any
 
 from projections.reads.recovery import Position
 from sockudo.auth import verify_channel_auth, verify_user_auth
+from sockudo.capabilities import TokenGrant
 from sockudo.channels import (
+    META_PREFIX,
     ChannelInfo,
     InvalidChannelName,
     classify_channel,
+    is_v2_only_target,
     validate_channel_name,
+    validate_meta_channel,
+    validate_pattern,
 )
 from sockudo.config import AppConfig
 from sockudo.ws import v1, wire
@@ -34,6 +39,7 @@ from sockudo.ws.delta import (
 )
 from sockudo.ws.egress import V1, Egress, Frame
 from sockudo.ws.predicates import Predicate, PredicateError, parse_predicate
+from sockudo.ws.tokens import RefreshToken, TokenState, token_of
 
 PONG_TIMEOUT_S = 30.0
 PONG_TIMEOUT_CODE = 4201
@@ -156,6 +162,7 @@ Effect = (
     | Resume
     | History
     | DeltaResync
+    | RefreshToken
 )
 
 
@@ -225,6 +232,8 @@ class Session:
         """Set by ``sockudo:enable_delta_compression``: the connection-level switch."""
         self.pending: dict[str, tuple[Position, float]] = {}
         """Resume positions waiting for their channel's subscribe → (position, deadline)."""
+        self.token: TokenState | None = None
+        """V2 capability token (spec 02 §11): every operation then needs its grant."""
 
     def opening(self) -> Frame:
         return self.out.connection_established(self.socket_id, self.activity_timeout)
@@ -241,12 +250,17 @@ class Session:
             deadline = min(deadline, self.authorize_by)
         if self.pending:
             deadline = min(deadline, min(d for _, d in self.pending.values()))
+        if self.token is not None:
+            deadline = min(deadline, self.token.deadline())
         return deadline
 
     def tick(self, now: float) -> Reply:
         """Close unauthorized sockets; ping after inactivity; give up on an unanswered ping."""
         if self.authorize_by is not None and now >= self.authorize_by:
             return Reply(close=(v1.UNAUTHORIZED, UNAUTHORIZED_TIMEOUT_REASON))
+        if self.token is not None and now >= self.token.deadline():
+            frames, close = self.token.tick(now, self.out)
+            return Reply(frames=frames, close=close)
         expired = [ch for ch, (_, deadline) in self.pending.items() if now >= deadline]
         if expired:
             frames = []
@@ -315,6 +329,8 @@ class Session:
                 return self._delta_sync_error(data, ch)
             case v1.IgnoredSystemEvent(event="pusher:channel_history", data=data):
                 return self._history(data)
+            case v1.IgnoredSystemEvent(event="pusher:auth", data=data):
+                return self._auth(data)
             case v1.IgnoredSystemEvent():
                 return Reply()
         raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
@@ -323,6 +339,10 @@ class Session:
 
     def _subscribe(self, command: v1.Subscribe) -> Reply:
         channel = command.channel
+        if self.token is not None:
+            self.token.check_subscribe(channel, command.options)
+        if is_v2_only_target(channel):
+            return self._subscribe_target(command)
         try:
             info = validate_channel_name(channel, self.app)
         except InvalidChannelName as exc:
@@ -413,13 +433,63 @@ class Session:
             effects=[PresenceJoin(channel, user_id, info_json, rewind=rewind)],
         )
 
-    def _v2_options(self, command: v1.Subscribe) -> tuple[Rewind | None, Predicate | None]:
-        rewind = self._rewind(command)
+    def _subscribe_target(self, command: v1.Subscribe) -> Reply:
+        """A wildcard pattern or a ``[meta]`` channel (spec 02 §5.8): V2 only, and no stream.
+
+        The success frame carries no stream position (there is none to recover from); a
+        pattern keeps its predicate (checked against each matching channel's messages), a meta
+        channel receives system frames only, which predicates never suppress (§5.4).
+        """
+        channel = command.channel
+        if self.out.protocol != 2:
+            raise v1.FrameError(
+                v1.CHANNEL_ERROR,
+                "Wildcard and [meta] channels are only supported on protocol V2",
+                channel,
+            )
+        meta = channel.startswith(META_PREFIX)
+        try:
+            if meta:
+                target: ChannelInfo | None = validate_meta_channel(channel, self.app)
+            else:
+                validate_pattern(channel, self.app)
+                target = None
+        except InvalidChannelName as exc:
+            raise v1.FrameError(v1.CHANNEL_ERROR, exc.message, channel) from None
+        _, predicate = self._v2_options(command, target=True)
+        if target is not None and target.requires_auth:
+            # Who subscribes to (and who is a member of) a private or presence channel is not
+            # public: the backend signs `[meta]<channel>` in the private form.
+            if not command.auth:
+                raise v1.FrameError(v1.UNAUTHORIZED, "Missing channel auth", channel)
+            if not verify_channel_auth(
+                command.auth, self.app.key, self.app.secret, self.socket_id, channel
+            ):
+                raise v1.FrameError(v1.UNAUTHORIZED, "Invalid channel auth signature", channel)
+            self._authorized()
+        self._set_predicate(channel, None if meta else predicate)
+        reply = Reply(frames=[self.out.subscription_succeeded(channel)])
+        if channel not in self.channels:  # a re-subscribe only replaces the predicate
+            self.channels.add(channel)
+            reply.join = channel
+        return reply
+
+    def _v2_options(
+        self, command: v1.Subscribe, *, target: bool = False
+    ) -> tuple[Rewind | None, Predicate | None]:
+        """Rewind, modes and predicate of a V2 subscribe, validated in spec 02 §5.2 order.
+
+        ``target``: a wildcard or meta subscription, which has no stream to rewind and no
+        messages to annotate (both 4300 once the option itself is well formed).
+        """
+        rewind = self._rewind(command, target=target)
         modes = (command.options or {}).get("modes")
         if modes is not None:
             if not isinstance(modes, list):
                 raise v1.FrameError(v1.MALFORMED, "modes must be an array", command.channel)
-            if "ANNOTATION_SUBSCRIBE" in modes and not self.annotations_enabled(command.channel):
+            if "ANNOTATION_SUBSCRIBE" in modes and (
+                target or not self.annotations_enabled(command.channel)
+            ):
                 raise v1.FrameError(
                     v1.CHANNEL_ERROR, "Annotations are disabled for this channel", command.channel
                 )
@@ -476,12 +546,19 @@ class Session:
             return Reply()  # unknown or absent channel: ignored (spec 02 §6.6)
         return Reply(effects=[DeltaResync(channel)])
 
-    def _rewind(self, command: v1.Subscribe) -> Rewind | None:
+    def _rewind(self, command: v1.Subscribe, *, target: bool = False) -> Rewind | None:
         """The validated ``rewind`` option of a V2 subscribe (spec 02 §5.2, §5.6)."""
         options = command.options or {}
         if "rewind" not in options:
             return None
         rewind = parse_rewind(options["rewind"], command.channel)
+        if target:
+            # A pattern or meta channel has no history of its own (spec 02 §5.8).
+            raise v1.FrameError(
+                v1.CHANNEL_ERROR,
+                "Channel rewind is not available on wildcard or [meta] channels",
+                command.channel,
+            )
         if not (self.history_enabled and self.rewind_enabled):
             raise v1.FrameError(
                 v1.CHANNEL_ERROR, "Channel rewind is disabled for this channel", command.channel
@@ -524,6 +601,12 @@ class Session:
         channel = request.get("channel")
         if not isinstance(channel, str) or not channel:
             raise v1.FrameError(v1.MALFORMED, "channel_history requires a 'channel' string")
+        if self.token is not None:
+            self.token.check("history", channel)
+        if is_v2_only_target(channel):
+            raise v1.FrameError(
+                v1.CHANNEL_ERROR, "History is not available on wildcard or [meta] channels", channel
+            )
         if channel not in self.channels:
             raise v1.FrameError(
                 v1.CLIENT_EVENT_ERROR, f"Not subscribed to channel {channel}", channel
@@ -545,6 +628,8 @@ class Session:
             channel, info = body["channel"], body["data"]  # upstream's shape
         else:
             raise v1.FrameError(INVALID_PRESENCE_UPDATE, "Invalid presence_update")
+        if self.token is not None:
+            self.token.check("presence", channel)
         user_id = self.presence.get(channel)
         if user_id is None:
             raise v1.FrameError(
@@ -568,6 +653,22 @@ class Session:
         window.append(now)
         return Reply(effects=[PresenceUpdate(channel, user_id, info_json)])
 
+    # --- capability tokens (V2, spec 02 §11; see ws/tokens.py) --------------------------------
+
+    def _auth(self, data: Any) -> Reply:
+        if self.out.protocol != 2:
+            raise v1.FrameError(
+                v1.UNAUTHORIZED,
+                "Authentication error: sockudo:auth is only supported on protocol V2",
+            )
+        return Reply(effects=[RefreshToken(token_of(data))])
+
+    def accept_token(self, grant: TokenGrant, now: float, wall_now: float) -> None:
+        """A verified token is the connection's from now on: its identity and its grants."""
+        self.token = TokenState(grant, now, wall_now)
+        self.user_id = grant.client_id
+        self._authorized()
+
     def presence_failed(self, channel: str) -> None:
         """The join was refused or could not be appended: the socket is not in the channel."""
         self.presence.pop(channel, None)
@@ -576,6 +677,12 @@ class Session:
     # --- user authentication ------------------------------------------------------------------
 
     def _signin(self, command: v1.Signin) -> Reply:
+        if self.token is not None:
+            raise v1.FrameError(
+                v1.UNAUTHORIZED,
+                "Authentication error: signin is not allowed on capability-token "
+                "authenticated connections",
+            )
         if not self.app.features.enable_user_authentication:
             raise v1.FrameError(v1.UNAUTHORIZED, "User authentication is disabled for this app")
         if not command.auth or command.user_data is None:
@@ -637,6 +744,8 @@ class Session:
             )
         if channel is None:
             raise v1.FrameError(v1.CLIENT_EVENT_ERROR, "Client events require a 'channel'")
+        if self.token is not None:
+            self.token.check("publish", channel)
         try:
             info = validate_channel_name(channel, self.app)
         except InvalidChannelName as exc:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from projections.reads import history as history_reads
 from projections.reads import recovery
 from projections.reads.history import HistoryQuery
+from sockudo.channels import is_v2_only_target
 from sockudo.errors import ApiError, StreamNotHealthy
 from sockudo.node.replay import MAX_BUFFER_SIZE
 from sockudo.ws import v1
@@ -83,6 +84,13 @@ def resume(env: SocketEnv, positions: dict[str, recovery.Position]) -> None:
     pending: list[str] = []
     deadline = time.monotonic() + RESUME_PENDING_TTL_S
     for channel, position in positions.items():
+        if is_v2_only_target(channel):
+            # A wildcard or meta channel has no stream to recover (spec 02 §5.8); its
+            # messages were positioned on their concrete channels.
+            failure = _no_stream(channel)
+            env.outbox.offer(env.outbox.egress.resume_failed(channel, failure))
+            summaries.append(("failed", failure))
+            continue
         attached = env.session.attached.get(channel)
         if attached is None:
             env.session.pending[channel] = (position, deadline)
@@ -91,6 +99,18 @@ def resume(env: SocketEnv, positions: dict[str, recovery.Position]) -> None:
         result = _evaluate(env, channel, position, upto=attached[0])
         summaries.append(_send_result(env, channel, result))
     env.outbox.offer(env.outbox.egress.resume_success(_aggregate(summaries, pending)))
+
+
+def _no_stream(channel: str) -> dict[str, Any]:
+    return {
+        "channel": channel,
+        "code": "continuity_unverifiable",
+        "reason": "wildcard_or_meta_channel_has_no_stream",
+        "expected_stream_id": None,
+        "current_stream_id": None,
+        "oldest_available_serial": None,
+        "newest_available_serial": None,
+    }
 
 
 def _evaluate(
