@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from projections.folds.channel import CHANNEL_EVENT_TYPES, ChannelState, RecordContext, fold
+from projections.folds.channel import (
+    CHANNEL_EVENT_TYPES,
+    ChannelState,
+    FoldResult,
+    RecordContext,
+    fold,
+    new_context,
+)
 from projections.folds.presence import PRESENCE_EVENT_TYPES, fold_presence
 from projections.folds.revocations import REVOCATION_EVENT_TYPES, fold_revocation
 from projections.folds.state import IGNORED, Delivery, Outcome, StreamHead
@@ -29,6 +37,14 @@ _HEAD_CACHE_LIMIT = 100_000
 
 Decoder = Callable[[LogRecord], object]
 Partitioner = Callable[[bytes, int], int]
+Fold = Callable[[ChannelState, RecordContext, Any], FoldResult]
+
+_FOLDS: dict[type, Fold] = (
+    {cls: fold for cls in CHANNEL_EVENT_TYPES}
+    | {cls: fold_presence for cls in PRESENCE_EVENT_TYPES}
+    | {cls: fold_revocation for cls in REVOCATION_EVENT_TYPES}
+)
+"""The fold of each event class the projector interprets (exact classes, as decoded)."""
 
 
 @dataclass(slots=True)
@@ -109,49 +125,53 @@ class Projector:
             self._heads.clear()
         channel_state = ChannelState(overlay, self._heads)
         result = BatchResult()
+        outcomes = result.outcomes
+        deliveries = result.deliveries
         touched: set[int] = set()
+        decode, topic, partitions = self._decode, self.topic, self.partitions
+        partitioner, deliver = self._partitioner, self._deliver
+        folds = _FOLDS
+        states = self.state
+        applied = 0
         for rec in records:
-            st = self.state[rec.partition]
-            if st.stall is not None or rec.offset < st.position:
+            p = rec.partition
+            st = states[p]
+            offset = rec.offset
+            if st.stall is not None or offset < st.position:
                 continue
             try:
-                event = self._decode(rec)
+                event = decode(rec)
             except CodecError as exc:
-                st.stall = Stall(STALL_UNDECODABLE, rec.offset, str(exc), now_ms)
-                result.stalled[rec.partition] = st.stall
-                touched.add(rec.partition)
+                st.stall = Stall(STALL_UNDECODABLE, offset, str(exc), now_ms)
+                result.stalled[p] = st.stall
+                touched.add(p)
                 continue
-            ctx = RecordContext(
-                topic=self.topic,
-                partition=rec.partition,
-                offset=rec.offset,
-                timestamp_ms=rec.timestamp_ms,
-                previous_timestamp_ms=st.last_timestamp_ms,
-                partitions=self.partitions,
-                partitioner=self._partitioner,
-                deliver=self._deliver,
+            ts = rec.timestamp_ms
+            ctx = new_context(
+                topic, p, offset, ts, st.last_timestamp_ms, partitions, partitioner, deliver
             )
-            if isinstance(event, CHANNEL_EVENT_TYPES):
-                folded = fold(channel_state, ctx, event)
+            fold_event = folds.get(type(event))
+            if fold_event is None:
+                # Not an exact class the table knows: a subclass folds as its base would.
+                for cls, candidate in folds.items():
+                    if isinstance(event, cls):
+                        fold_event = candidate
+                        break
+            if fold_event is not None:
+                folded = fold_event(channel_state, ctx, event)
                 outcome = folded.outcome
-                result.deliveries.extend(folded.deliveries)
-            elif isinstance(event, PRESENCE_EVENT_TYPES):
-                folded = fold_presence(channel_state, ctx, event)
-                outcome = folded.outcome
-                result.deliveries.extend(folded.deliveries)
-            elif isinstance(event, REVOCATION_EVENT_TYPES):
-                folded = fold_revocation(channel_state, ctx, event)
-                outcome = folded.outcome
-                result.deliveries.extend(folded.deliveries)
+                if folded.deliveries:
+                    deliveries.extend(folded.deliveries)
             else:
                 # Families folded by later projections (versions, annotations) still move
                 # the checkpoint; their outcome says nobody here interpreted them.
                 outcome = Outcome(kind=IGNORED, details={"type": type(event).__name__})
-            result.outcomes[(rec.partition, rec.offset)] = outcome
-            st.position = rec.offset + 1
-            st.last_timestamp_ms = rec.timestamp_ms
-            touched.add(rec.partition)
-            result.applied += 1
+            outcomes[(p, offset)] = outcome
+            st.position = offset + 1
+            st.last_timestamp_ms = ts
+            touched.add(p)
+            applied += 1
+        result.applied = applied
 
         if positions_after:
             for p, pos in positions_after.items():

@@ -22,6 +22,7 @@ from projections.folds.state import (
     EPHEMERAL,
     GENESIS,
     HEALTHY,
+    MESSAGE,
     PURGED,
     REBASED,
     RESET,
@@ -32,6 +33,11 @@ from projections.folds.state import (
     Outcome,
     StreamHead,
     dumps,
+    fast_constructor,
+    json_int,
+    json_str,
+    new_delivery,
+    new_outcome,
 )
 from projections.store import keys
 from projections.store.kv import KV
@@ -54,6 +60,7 @@ _IDEM_BY_EXPIRY = b"\xff"  # UTF-8 app ids never contain 0xFF, so this region is
 _OFFSET_VALUE = struct.Struct(">QH")  # record time, length of the event id that follows
 
 _E = TypeVar("_E", bound=Any)
+_esc = json_str
 
 CHANNEL_EVENT_TYPES = (
     MessagePublished,
@@ -83,10 +90,17 @@ class RecordContext:
     """Build live deliveries (a rebuild has no sockets to deliver to)."""
 
 
+new_context: Callable[..., RecordContext] = fast_constructor(RecordContext)
+"""``RecordContext`` from all eight fields, positionally (the projector builds one per record)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FoldResult:
     outcome: Outcome
     deliveries: tuple[Delivery, ...] = ()
+
+
+_result: Callable[[Outcome, tuple[Delivery, ...]], FoldResult] = fast_constructor(FoldResult)
 
 
 class ChannelState:
@@ -129,6 +143,8 @@ def first_stream_id(event_id: str, app_id: str, channel: str) -> str:
 
 def fold(state: ChannelState, ctx: RecordContext, event: ChannelEvent) -> FoldResult:
     """Apply one record; keep its outcome under its offset; return what to deliver."""
+    if type(event) is MessagePublished:  # nearly every record: skip the dispatch
+        return fold_record(state, ctx, event, _publish)
     return fold_record(state, ctx, event, _apply)
 
 
@@ -143,7 +159,9 @@ def fold_record(
     ``apply`` is the family's own fold; the outcome lands under the record's offset so waiters
     and ``inspect-stream`` can map offsets to what they meant.
     """
-    _prune_expired(state.kv, ctx)
+    prev = ctx.previous_timestamp_ms
+    if prev is None or prev // _PRUNE_BUCKET_MS != ctx.timestamp_ms // _PRUNE_BUCKET_MS:
+        _prune_expired(state.kv, ctx)
     result = apply(state, ctx, event)
     event_id = event.event_id.encode()
     state.kv.put(
@@ -180,7 +198,8 @@ def _apply(state: ChannelState, ctx: RecordContext, event: ChannelEvent) -> Fold
 
 def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> FoldResult:
     kv = state.kv
-    seen = seen_event(kv, ctx, ev.event_id)
+    dedup_key = keys.dedup_key(ctx.partition, ev.event_id)
+    seen = _seen(kv, ctx.partition, dedup_key)
     if seen is not None:
         return FoldResult(seen)
     idem = ev.idempotency
@@ -198,26 +217,21 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
             kv.delete(keys.IDEM, _idem_expiry_key(entry["x"], idem_key))
 
     ts = ctx.timestamp_ms
-    if ev.flags.ephemeral:
-        outcome = Outcome(
-            kind=EPHEMERAL,
-            app_id=ev.app_id,
-            channel=ev.channel,
-            message_id=ev.message_id,
-            published_at_ms=ts,
+    app_id, channel, flags = ev.app_id, ev.channel, ev.flags
+    if flags.ephemeral:
+        outcome = new_outcome(
+            EPHEMERAL, app_id, channel, ev.message_id, None, None, None, ts, None, {}
         )
         deliveries = (_delivery(ev, None, None, None, ts),) if ctx.deliver else ()
     else:
-        ck = keys.channel_prefix(ev.app_id, ev.channel)
+        ck = keys.channel_prefix(app_id, channel)
         head = state.head(ck)
         if head is None:
-            head = StreamHead(
-                stream_id=first_stream_id(ev.event_id, ev.app_id, ev.channel), generation=1
-            )
+            head = StreamHead(stream_id=first_stream_id(ev.event_id, app_id, channel), generation=1)
         d = head.next_d
         head.next_d = d + 1
         h: int | None = None
-        if ev.flags.persist:
+        if flags.persist:
             h = head.next_h
             row = HistoryRow(_message_json(ev, head.stream_id, h), ts, ctx.offset, d)
             append_row(kv, keys.HISTORY, ck, head, h, row)
@@ -225,20 +239,13 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
             kv.put(keys.DELIVERY, keys.history_key(ck, head.generation, d), keys.u64(h))
             apply_retention(kv, keys.HISTORY, ck, head, ev.retention, ts)
         state.set_head(ck, head)
-        outcome = Outcome(
-            kind=APPLIED,
-            app_id=ev.app_id,
-            channel=ev.channel,
-            message_id=ev.message_id,
-            stream_id=head.stream_id,
-            delivery_serial=d,
-            history_serial=h,
-            published_at_ms=ts,
+        outcome = new_outcome(
+            APPLIED, app_id, channel, ev.message_id, head.stream_id, d, h, ts, None, {}
         )
         deliveries = (_delivery(ev, head.stream_id, d, h, ts),) if ctx.deliver else ()
 
-    kv.put(keys.DEDUP, keys.dedup_key(ctx.partition, ev.event_id), keys.u64(ctx.offset))
-    if not ev.client_event and classify_channel(ev.channel).cache:
+    kv.put(keys.DEDUP, dedup_key, keys.u64(ctx.offset))
+    if not ev.client_event and _is_cache_channel(channel):
         # Cache channels keep their last HTTP publish for new subscribers (spec 01 §3.9);
         # client events are not cached (upstream behaviour).
         cached = CachedEvent(ev.name, ev.data, ts)
@@ -249,47 +256,76 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
         entry["o"] = outcome.encode().decode()
         kv.put(keys.IDEM, idem_key, dumps(entry))
         kv.put(keys.IDEM, _idem_expiry_key(expires, idem_key), b"")
-    return FoldResult(outcome, deliveries)
+    return _result(outcome, deliveries)
+
+
+_CACHE_CHANNELS: dict[str, bool] = {}
+
+
+def _is_cache_channel(channel: str) -> bool:
+    """``classify_channel(channel).cache``, remembered per name (a pure function of it)."""
+    cache = _CACHE_CHANNELS.get(channel)
+    if cache is None:
+        if len(_CACHE_CHANNELS) >= 100_000:
+            _CACHE_CHANNELS.clear()
+        cache = _CACHE_CHANNELS[channel] = classify_channel(channel).cache
+    return cache
 
 
 def _message_json(ev: MessagePublished, stream_id: str, serial: int) -> bytes:
-    """The stored V2 wire message of a history row (spec 03 §3.1 ``message``)."""
-    message: dict[str, object] = {
-        "event": ev.name,
-        "channel": ev.channel,
-        "data": json.loads(ev.data) if ev.data_is_json else ev.data,
-        "message_id": ev.message_id,
-        "stream_id": stream_id,
-        "serial": serial,
-    }
+    """The stored V2 wire message of a history row (spec 03 §3.1 ``message``).
+
+    Exactly ``dumps`` of ``{"event", "channel", "data", "message_id", "stream_id", "serial"
+    [, "user_id"][, "tags"][, "extras"]}``, written piece by piece (the compact encoder writes
+    a nested value as it writes it alone); ``data`` and ``extras`` go through ``json.loads``
+    first, so stored JSON is normalised as before.
+    """
+    data = dumps(json.loads(ev.data)).decode() if ev.data_is_json else _esc(ev.data)
+    out = [
+        '{"event":',
+        _esc(ev.name),
+        ',"channel":',
+        _esc(ev.channel),
+        ',"data":',
+        data,
+        ',"message_id":',
+        _esc(ev.message_id),
+        ',"stream_id":',
+        _esc(stream_id),
+        ',"serial":',
+        json_int(serial),
+    ]
     if ev.client_event and ev.origin.user_id is not None:
-        message["user_id"] = ev.origin.user_id
+        out += (',"user_id":', _esc(ev.origin.user_id))
     if ev.tags:
-        message["tags"] = dict(ev.tags)
+        out += (',"tags":', dumps(dict(ev.tags)).decode())
     if ev.extras_json is not None:
-        message["extras"] = json.loads(ev.extras_json)
-    return dumps(message)
+        out += (',"extras":', dumps(json.loads(ev.extras_json)).decode())
+    out.append("}")
+    return "".join(out).encode()
 
 
 def _delivery(
     ev: MessagePublished, stream_id: str | None, d: int | None, h: int | None, ts: int
 ) -> Delivery:
-    return Delivery(
-        app_id=ev.app_id,
-        channel=ev.channel,
-        event=ev.name,
-        data=ev.data,
-        data_is_json=ev.data_is_json,
-        message_id=ev.message_id,
-        stream_id=stream_id,
-        serial=d,
-        history_serial=h,
-        published_at_ms=ts,
-        exclude_socket_id=ev.origin.socket_id,
-        user_id=ev.origin.user_id,
-        client_event=ev.client_event,
-        extras_json=ev.extras_json,
-        tags=ev.tags,
+    origin = ev.origin
+    return new_delivery(
+        ev.app_id,
+        ev.channel,
+        ev.name,
+        ev.data,
+        ev.data_is_json,
+        ev.message_id,
+        stream_id,
+        d,
+        h,
+        ts,
+        origin.socket_id,
+        origin.user_id,
+        ev.client_event,
+        ev.extras_json,
+        ev.tags,
+        MESSAGE,
     )
 
 
@@ -311,6 +347,8 @@ def apply_retention(
 
     Shared by message history (``history``) and presence history (``presence_hist``).
     """
+    if r.window_s is None and r.max_count is None and r.max_bytes is None:
+        return  # unlimited: nothing can break the policy
     cutoff = now_ms - r.window_s * 1000 if r.window_s is not None else None
 
     def breaks_policy(oldest_ts: int | None) -> bool:
@@ -477,11 +515,15 @@ def _rebase(state: ChannelState, ctx: RecordContext, ev: PartitionRebased) -> Fo
 
 def seen_event(kv: KV, ctx: RecordContext, event_id: str) -> Outcome | None:
     """The original outcome when ``event_id`` was already folded in this partition."""
-    raw = kv.get(keys.DEDUP, keys.dedup_key(ctx.partition, event_id))
+    return _seen(kv, ctx.partition, keys.dedup_key(ctx.partition, event_id))
+
+
+def _seen(kv: KV, partition: int, dedup_key: bytes) -> Outcome | None:
+    raw = kv.get(keys.DEDUP, dedup_key)
     if raw is None:
         return None
     original_offset = keys.read_u64(raw)
-    original = kv.get(keys.OFFSETS, keys.offset_key(ctx.partition, original_offset))
+    original = kv.get(keys.OFFSETS, keys.offset_key(partition, original_offset))
     if original is None:
         return Outcome(kind=DUPLICATE, duplicate_of=original_offset)
     return decode_offset_outcome(original).as_original(original_offset)

@@ -6,10 +6,13 @@ same log write byte-identical databases (``sockudo-tools rebuild --verify`` comp
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import json.encoder
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -17,11 +20,48 @@ RESET_REQUIRED = "reset_required"
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+json_str: Callable[[str], str] = json.encoder.encode_basestring
+"""A JSON string literal exactly as ``_ENCODER`` writes it (``ensure_ascii=False``)."""
+_esc = json_str
+
+# ``JSONEncoder.encode`` builds a new C encoder on every call; this is the same C encoder with
+# the same settings, built once (``markers=None`` only skips the circular-reference check).
+_c_encode: Callable[[Any, int], list[str]] | None = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _ENCODER.default, _esc, None, ":", ",", False, False, True
+    )
+    if json.encoder.c_make_encoder is not None  # type: ignore[attr-defined]
+    else None
+)
 
 
 def dumps(obj: Any) -> bytes:
     """Compact JSON; callers build dicts in a fixed key order, so bytes are deterministic."""
-    return _ENCODER.encode(obj).encode()
+    if _c_encode is None or isinstance(obj, str):
+        return _ENCODER.encode(obj).encode()
+    return "".join(_c_encode(obj, 0)).encode()
+
+
+_T = TypeVar("_T")
+
+
+def fast_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """A positional constructor of a frozen slotted dataclass that fills its slots directly.
+
+    A frozen dataclass's ``__init__`` pays ``object.__setattr__`` per field; the fold builds an
+    outcome (and a delivery) per record, so it uses this instead. The object is the same
+    (equality, hash, repr); every field must be passed, defaults included.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = ["    o = _new(_cls)"]
+    for i, name in enumerate(names):
+        ns[f"_s{i}"] = cls.__dict__[name].__set__
+        lines.append(f"    _s{i}(o, {name})")
+    src = f"def make({', '.join(names)}):\n" + "\n".join(lines) + "\n    return o\n"
+    exec(compile(src, f"<fast_constructor {cls.__name__}>", "exec"), ns)
+    make: Callable[..., _T] = ns["make"]
+    return make
 
 
 # StreamHead layout: u32 generation, then 12 i64 numbers (-1 = None), then the three strings
@@ -74,25 +114,39 @@ class StreamHead:
 
     def encode(self) -> bytes:
         # Packed, not JSON: heads are rewritten on every batch that touches the channel.
-        return (
-            _HEAD_NUMS.pack(
-                self.generation,
-                self.next_h,
-                self.next_d,
-                _opt(self.last_transition_at_ms),
-                _opt(self.evicted_through_serial),
-                _opt(self.evicted_through_time_ms),
-                self.retained_count,
-                self.retained_bytes,
-                _opt(self.oldest_serial),
-                _opt(self.oldest_ts),
-                _opt(self.newest_serial),
-                _opt(self.newest_ts),
-                0,  # reserved
+        # (``_opt`` and ``_pack_str`` written inline: this runs for every touched head.)
+        at, ev_s, ev_t = (
+            self.last_transition_at_ms,
+            self.evicted_through_serial,
+            (self.evicted_through_time_ms),
+        )
+        o_s, o_t, n_s, n_t = self.oldest_serial, self.oldest_ts, self.newest_serial, self.newest_ts
+        reason = self.reason
+        stream_id = self.stream_id.encode()
+        state = self.durable_state.encode()
+        return b"".join(
+            (
+                _HEAD_NUMS.pack(
+                    self.generation,
+                    self.next_h,
+                    self.next_d,
+                    -1 if at is None else at,
+                    -1 if ev_s is None else ev_s,
+                    -1 if ev_t is None else ev_t,
+                    self.retained_count,
+                    self.retained_bytes,
+                    -1 if o_s is None else o_s,
+                    -1 if o_t is None else o_t,
+                    -1 if n_s is None else n_s,
+                    -1 if n_t is None else n_t,
+                    0,  # reserved
+                ),
+                _U16.pack(len(stream_id)),
+                stream_id,
+                _U16.pack(len(state)),
+                state,
+                _pack_str(reason),
             )
-            + _pack_str(self.stream_id)
-            + _pack_str(self.durable_state)
-            + _pack_str(self.reason)
         )
 
     @classmethod
@@ -248,26 +302,55 @@ class Outcome:
     """Kind-specific facts (previous stream id, purged counts, ...)."""
 
     def encode(self) -> bytes:
-        out: dict[str, Any] = {"kind": self.kind}
+        # The bytes of ``dumps`` over a dict of the set fields in declaration order, written
+        # out directly: this runs once per folded record.
+        app_id, channel, message_id, stream_id = (
+            self.app_id,
+            self.channel,
+            self.message_id,
+            self.stream_id,
+        )
+        d, h, ts = self.delivery_serial, self.history_serial, self.published_at_ms
+        if (
+            type(d) is int
+            and type(ts) is int
+            and (h is None or type(h) is int)
+            and app_id is not None
+            and channel is not None
+            and message_id is not None
+            and stream_id is not None
+            and self.duplicate_of is None
+            and not self.details
+        ):
+            # An applied publish, the common record (``repr`` of an exact int is its JSON).
+            return (
+                f'{{"kind":{_esc(self.kind)},"app_id":{_esc(app_id)},"channel":{_esc(channel)}'
+                f',"message_id":{_esc(message_id)},"stream_id":{_esc(stream_id)}'
+                f',"delivery_serial":{d!r}'
+                + ("" if h is None else f',"history_serial":{h!r}')
+                + f',"published_at_ms":{ts!r}}}'
+            ).encode()
+        out = ['{"kind":', _esc(self.kind)]
         if self.app_id is not None:
-            out["app_id"] = self.app_id
+            out += (',"app_id":', _esc(self.app_id))
         if self.channel is not None:
-            out["channel"] = self.channel
+            out += (',"channel":', _esc(self.channel))
         if self.message_id is not None:
-            out["message_id"] = self.message_id
+            out += (',"message_id":', _esc(self.message_id))
         if self.stream_id is not None:
-            out["stream_id"] = self.stream_id
+            out += (',"stream_id":', _esc(self.stream_id))
         if self.delivery_serial is not None:
-            out["delivery_serial"] = self.delivery_serial
+            out += (',"delivery_serial":', json_int(self.delivery_serial))
         if self.history_serial is not None:
-            out["history_serial"] = self.history_serial
+            out += (',"history_serial":', json_int(self.history_serial))
         if self.published_at_ms is not None:
-            out["published_at_ms"] = self.published_at_ms
+            out += (',"published_at_ms":', json_int(self.published_at_ms))
         if self.duplicate_of is not None:
-            out["duplicate_of"] = self.duplicate_of
+            out += (',"duplicate_of":', json_int(self.duplicate_of))
         if self.details:
-            out["details"] = self.details
-        return dumps(out)
+            out += (',"details":', dumps(self.details).decode())
+        out.append("}")
+        return "".join(out).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Outcome:
@@ -276,6 +359,19 @@ class Outcome:
     def as_original(self, duplicate_of: int) -> Outcome:
         """This outcome as the answer to a later duplicate of the same request."""
         return replace(self, kind=DUPLICATE, duplicate_of=duplicate_of)
+
+
+def json_int(n: int) -> str:
+    """An integer as JSON writes it (``bool`` is an ``int`` too, written ``true``/``false``)."""
+    if n is True:
+        return "true"
+    if n is False:
+        return "false"
+    return int.__repr__(n)
+
+
+new_outcome: Callable[..., Outcome] = fast_constructor(Outcome)
+"""``Outcome`` from all ten fields, positionally (``details`` must be a fresh dict)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,3 +395,7 @@ class Delivery:
     extras_json: str | None
     tags: dict[str, str] | None
     kind: str = MESSAGE
+
+
+new_delivery: Callable[..., Delivery] = fast_constructor(Delivery)
+"""``Delivery`` from all seventeen fields, positionally."""

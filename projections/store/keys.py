@@ -72,7 +72,7 @@ def read_u64(b: bytes, at: int = 0) -> int:
 
 def channel_prefix(app_id: str, channel: str) -> bytes:
     """``CK``: the prefix of every key of one channel."""
-    return app_id.encode() + b"\x00" + channel.encode() + b"\x00"
+    return f"{app_id}\x00{channel}\x00".encode()  # UTF-8 keeps NUL a single 0x00 byte
 
 
 def split_channel_prefix(ck: bytes) -> tuple[str, str]:
@@ -81,7 +81,7 @@ def split_channel_prefix(ck: bytes) -> tuple[str, str]:
 
 
 def history_key(ck: bytes, generation: int, serial: int) -> bytes:
-    return ck + _U32.pack(generation) + _U64.pack(serial)
+    return ck + _U32U64.pack(generation, serial)
 
 
 def history_gen_prefix(ck: bytes, generation: int) -> bytes:

@@ -89,10 +89,16 @@ class Overlay:
         return self._base.get(cf, key)
 
     def put(self, cf: str, key: bytes, value: bytes) -> None:
-        self._pending.setdefault(cf, {})[key] = value
+        pending = self._pending.get(cf)
+        if pending is None:
+            pending = self._pending[cf] = {}
+        pending[key] = value
 
     def delete(self, cf: str, key: bytes) -> None:
-        self._pending.setdefault(cf, {})[key] = _DELETED
+        pending = self._pending.get(cf)
+        if pending is None:
+            pending = self._pending[cf] = {}
+        pending[key] = _DELETED
 
     def scan(
         self, cf: str, start: bytes, end: bytes, *, reverse: bool = False

@@ -69,13 +69,22 @@ class Stall:
         return cls(d["reason"], d["offset"], d["detail"], d["since_ms"])
 
 
-def _cf_options() -> Options:
+_MEMTABLE_BLOOM_CFS = frozenset({keys.DEDUP, keys.IDEM, keys.DEAD_NODES})
+"""Column families the fold probes once per record, and mostly for keys that are absent."""
+
+
+def _cf_options(name: str | None = None) -> Options:
     # Bloom filters: the fold's dedupe and idempotency lookups are mostly misses, which
     # otherwise probe every SST file.
     opts = Options(raw_mode=True)
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)
     opts.set_block_based_table_factory(table)
+    if name in _MEMTABLE_BLOOM_CFS:
+        # ... and the memtable: without a filter a miss walks the skip list (~2 µs with a
+        # full memtable, a fifth of it with one). 2% of the write buffer is ~13 bits per key.
+        opts.set_memtable_prefix_bloom_ratio(0.02)
+        opts.set_memtable_whole_key_filtering(True)
     return opts
 
 
@@ -89,9 +98,15 @@ def _options() -> Options:
 class ProjectionStore:
     """RocksDB-backed projection state; implements the read side of the fold's KV surface."""
 
-    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, read_only: bool = False, bulk_load: bool = False
+    ) -> None:
+        """``bulk_load``: a database filled once from the log and only used after ``close``
+        (``sockudo-tools rebuild``): writes skip the WAL and go in key order, and ``close``
+        flushes the memtables. A crash midway leaves a directory the next rebuild deletes."""
         self.path = Path(path)
         self.read_only = read_only
+        self.bulk_load = bulk_load and not read_only
         if read_only:
             if not self.path.exists():
                 raise FileNotFoundError(f"no projection database at {self.path}")
@@ -100,7 +115,7 @@ class ProjectionStore:
             )
         else:
             self.path.mkdir(parents=True, exist_ok=True)
-            cfs = {name: _cf_options() for name in keys.COLUMN_FAMILIES}
+            cfs = {name: _cf_options(name) for name in keys.COLUMN_FAMILIES}
             self._db = Rdict(str(self.path), _options(), column_families=cfs)
         self._cfs = {name: self._db.get_column_family(name) for name in keys.COLUMN_FAMILIES}
         self._handles = {
@@ -108,6 +123,8 @@ class ProjectionStore:
         }
         self._write_opts = WriteOptions()
         self._write_opts.sync = False
+        if self.bulk_load:
+            self._write_opts.disable_wal = True  # type: ignore[method-assign,assignment]
 
     # --- KVReader ---------------------------------------------------------------------------
 
@@ -147,13 +164,17 @@ class ProjectionStore:
     ) -> None:
         """Apply fold changes and their checkpoints atomically."""
         wb = WriteBatch(raw_mode=True)
+        put, delete = wb.put, wb.delete
         for cf, pairs in changes.items():
             handle = self._handles[cf]
-            for k, v in pairs.items():
+            # Bulk batches are large: inserting them in key order walks the memtable's skip
+            # list with locality (a fifth less write time measured on 10 000-record batches).
+            items = sorted(pairs.items()) if self.bulk_load else pairs.items()
+            for k, v in items:
                 if v is None:
-                    wb.delete(k, handle)
+                    delete(k, handle)
                 else:
-                    wb.put(k, v, handle)
+                    put(k, v, handle)
         if meta:
             handle = self._handles[keys.META]
             for k, v in meta.items():
@@ -201,7 +222,12 @@ class ProjectionStore:
         return out
 
     def flush(self) -> None:
-        if not self.read_only:
+        if self.bulk_load:
+            # No WAL: the memtables are the only copy. ``Rdict.flush`` covers only the default
+            # column family, so flush each one.
+            for cf in self._cfs.values():
+                cf.flush(True)
+        elif not self.read_only:
             self._db.flush_wal(True)
 
     def close(self) -> None:

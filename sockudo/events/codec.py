@@ -5,8 +5,9 @@ A record value is one byte, the schema version of the event's family, followed b
 binary body (fastavro, schemaless) written with ``schemas/<family>/v<version>.avsc``. The family
 travels in the ``sk.schema`` header and the event type in ``sk.type`` (spec 05 §6.3). Reading
 resolves the writer's version into the family's current schema, so old bytes decode into the
-current dataclass with defaults for newer fields. What cannot be decoded raises a
-``CodecError`` subclass, never a skip:
+current dataclass with defaults for newer fields. Bytes of the current version are read by a
+reader generated once per family (``sockudo.events.fastdecode``: what fastavro reads, without
+its per-field dispatch). What cannot be decoded raises a ``CodecError`` subclass, never a skip:
 
 - ``UnknownSchema``: the family is not one this node ships;
 - ``UnknownSchemaVersion``: the version byte names no released version of the family;
@@ -38,7 +39,7 @@ from sockudo.errors import (
     UnknownSchema,
     UnknownSchemaVersion,
 )
-from sockudo.events import mapping
+from sockudo.events import fastdecode, mapping
 from sockudo.events.catalog import EVENT_CLASSES, Event
 
 __all__ = [
@@ -194,6 +195,7 @@ class _Family:
     __slots__ = (
         "cls",
         "current",
+        "fast",
         "from_dict",
         "headers",
         "name",
@@ -215,6 +217,12 @@ class _Family:
         self.current = schemas.parsed[self.version]
         self.writers: dict[int, dict[str, Any]] = dict(schemas.parsed)
         self.from_dict: Callable[[Any], Event] = mapping.from_dict(cls)
+        self.fast: Callable[[bytes], Event] | None
+        """Reads values written with the current version (``version`` byte included)."""
+        try:
+            self.fast = fastdecode.reader(cls)
+        except TypeError:  # a field type the generator does not know: fastavro reads it
+            self.fast = None
         self.to_dict: Callable[[Event], dict[str, Any]] = mapping.to_dict(cls)
         self.headers: tuple[tuple[str, bytes], ...] = (
             (HEADER_TYPE, self.type_bytes),
@@ -287,6 +295,13 @@ class Codec:
             raise UndecodableRecord(f"{fam.name}: empty record value (a tombstone?)")
         version = value[0]
         if version == fam.version:
+            fast = fam.fast
+            if fast is not None:
+                # The common case: a reader generated for exactly this layout (``fastdecode``).
+                try:
+                    return fast(value if type(value) is bytes else bytes(value))
+                except Exception as exc:
+                    raise UndecodableRecord(f"{fam.name} v{version}: {exc!r}") from exc
             writer, reader = fam.current, None
         else:
             found = fam.writers.get(version)

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 DeliverySink = Callable[[list[Delivery]], None]
 
+CATCH_UP_FACTOR = 4
+"""While the fold is behind the log (a poll came back full), batches grow up to this multiple of
+``batch_max_records``: fewer commits and head writes per record where latency is already
+dominated by the backlog. They shrink back as soon as a poll returns less than asked."""
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -47,6 +52,7 @@ class FoldRunner:
         self.projector = projector
         self.topic = projector.topic
         self._batch_max = batch_max_records
+        self._catch_up_max = batch_max_records * CATCH_UP_FACTOR
         self._poll_timeout_ms = poll_timeout_ms
         self._on_deliveries = on_deliveries
         self.node_id = node_id
@@ -166,10 +172,11 @@ class FoldRunner:
     async def _run(self) -> None:
         assert self._reader is not None
         reader = self._reader
+        batch = self._batch_max
         try:
             while not self._stopping:
                 try:
-                    records = await reader.poll(self._batch_max, self._poll_timeout_ms)
+                    records = await reader.poll(batch, self._poll_timeout_ms)
                 except OffsetOutOfRange:
                     await self._stall_truncated()
                     continue
@@ -178,17 +185,28 @@ class FoldRunner:
                     await asyncio.sleep(0.5)
                     continue
                 if not records:
+                    batch = self._batch_max
                     continue
+                full = len(records) >= batch
+                batch = min(batch * 2, self._catch_up_max) if full else self._batch_max
                 parts = {r.partition for r in records}
                 positions = {p: reader.position(p) for p in parts}
                 result = self.projector.apply(records, positions, now_ms=_now_ms())
                 self.folded_total += result.applied
                 # No await from here to the end of the iteration: waiters and fanout see
                 # exactly the committed batch.
-                for key, outcome in result.outcomes.items():
-                    for fut in self._waiters.pop(key, ()):
-                        if not fut.done():
-                            fut.set_result(outcome)
+                outcomes, waiters = result.outcomes, self._waiters
+                if waiters:
+                    # Walk the smaller side: usually a few waiters against a whole batch.
+                    if len(waiters) < len(outcomes):
+                        ready = [k for k in waiters if k in outcomes]
+                    else:
+                        ready = [k for k in outcomes if k in waiters]
+                    for key in ready:
+                        outcome = outcomes[key]
+                        for fut in waiters.pop(key):
+                            if not fut.done():
+                                fut.set_result(outcome)
                 for p, stall in result.stalled.items():
                     log.error("partition %s/%s stalled: %s", self.topic, p, stall.detail)
                     self._fail_waiters(p, stall)
