@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from projections.folds.state import (
     APPLIED,
+    BINARY_MEMBER,
     CONFLICT,
     DUPLICATE,
     EPHEMERAL,
@@ -276,9 +277,10 @@ def _message_json(ev: MessagePublished, stream_id: str, serial: int) -> bytes:
     """The stored V2 wire message of a history row (spec 03 §3.1 ``message``).
 
     Exactly ``dumps`` of ``{"event", "channel", "data", "message_id", "stream_id", "serial"
-    [, "user_id"][, "tags"][, "extras"]}``, written piece by piece (the compact encoder writes
-    a nested value as it writes it alone); ``data`` and ``extras`` go through ``json.loads``
-    first, so stored JSON is normalised as before.
+    [, "user_id"][, "tags"][, "extras"][, "data_encoding": "binary"]}``, written piece by
+    piece (the compact encoder writes a nested value as it writes it alone); ``data`` and
+    ``extras`` go through ``json.loads`` first, so stored JSON is normalised as before.
+    ``data_encoding`` marks raw bytes (``data`` is then their int array).
     """
     data = dumps(json.loads(ev.data)).decode() if ev.data_is_json else _esc(ev.data)
     out = [
@@ -301,6 +303,8 @@ def _message_json(ev: MessagePublished, stream_id: str, serial: int) -> bytes:
         out += (',"tags":', dumps(dict(ev.tags)).decode())
     if ev.extras_json is not None:
         out += (',"extras":', dumps(json.loads(ev.extras_json)).decode())
+    if ev.data_is_binary:
+        out.append(BINARY_MEMBER)
     out.append("}")
     return "".join(out).encode()
 
@@ -326,6 +330,7 @@ def _delivery(
         ev.extras_json,
         ev.tags,
         MESSAGE,
+        ev.data_is_binary,
     )
 
 

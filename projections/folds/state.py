@@ -10,7 +10,7 @@ import dataclasses
 import json
 import json.encoder
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -374,6 +374,17 @@ new_outcome: Callable[..., Outcome] = fast_constructor(Outcome)
 """``Outcome`` from all ten fields, positionally (``details`` must be a fresh dict)."""
 
 
+DATA_ENCODING = "data_encoding"
+"""Member of a stored history message whose ``data`` is raw bytes (value ``"binary"``)."""
+BINARY_MEMBER = ',"data_encoding":"binary"'
+"""How the channel fold writes that member: last, after ``extras`` (FOLD_VERSION 5)."""
+
+
+def is_binary_message(message: Mapping[str, Any]) -> bool:
+    """True for a stored message whose ``data`` is the int array of raw bytes."""
+    return message.get(DATA_ENCODING) == "binary"
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """A message to fan out to local sockets once its batch is committed."""
@@ -395,7 +406,9 @@ class Delivery:
     extras_json: str | None
     tags: dict[str, str] | None
     kind: str = MESSAGE
+    data_is_binary: bool = False
+    """``data`` is the JSON int array of raw bytes (``MessagePublished.data_is_binary``)."""
 
 
 new_delivery: Callable[..., Delivery] = fast_constructor(Delivery)
-"""``Delivery`` from all seventeen fields, positionally."""
+"""``Delivery`` from all eighteen fields, positionally."""

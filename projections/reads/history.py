@@ -348,6 +348,8 @@ def read_page_json(
       That text cannot occur inside a string, so it is the message's own member.
 
     Any other row (optional members, other layouts, escaped names) takes the round trip.
+    Binary data (``"data":[…]`` then ``"data_encoding":"binary"`` last) never matches: its
+    ``data`` is no string and its last member is not ``serial``.
     """
     page = _select(kv, app_id, channel, query, stall, node_id)
     stream_id = render_json(page.head.stream_id if page.head else None)

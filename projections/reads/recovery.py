@@ -13,7 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from projections.folds.state import DEGRADED, RESET_REQUIRED, Delivery, HistoryRow, StreamHead
+from projections.folds.state import (
+    DEGRADED,
+    RESET_REQUIRED,
+    Delivery,
+    HistoryRow,
+    StreamHead,
+    is_binary_message,
+)
 from projections.store import keys
 from projections.store.kv import KVReader
 
@@ -246,6 +253,7 @@ def delivery_of_row(
         client_event=False,
         extras_json=_COMPACT.encode(extras) if extras is not None else None,
         tags=msg.get("tags"),
+        data_is_binary=is_binary_message(msg),
     )
 
 

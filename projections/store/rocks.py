@@ -12,17 +12,25 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Options,
+    Rdict,
+    RdictIter,
+    WriteBatch,
+    WriteOptions,
+)
 
 from projections.store import keys
 
 _CKPT = struct.Struct(">QqI")
 
-FOLD_VERSION = 4
+FOLD_VERSION = 5
 """Bump whenever fold output changes: a projection written by another version is rebuilt."""
 
 
@@ -135,25 +143,15 @@ class ProjectionStore:
     def scan(
         self, cf: str, start: bytes, end: bytes, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        it = self._cfs[cf].iter()
-        if reverse:
-            it.seek_for_prev(end)
-            if it.valid() and it.key() >= end:
-                it.prev()
-            while it.valid():
-                k = it.key()
-                if k < start:
-                    return
-                yield k, it.value()
-                it.prev()
-        else:
-            it.seek(start)
-            while it.valid():
-                k = it.key()
-                if k >= end:
-                    return
-                yield k, it.value()
-                it.next()
+        return _scan(self._cfs[cf].iter(), start, end, reverse)
+
+    def pin(self, cfs: Iterable[str]) -> PinnedView:
+        """A view of ``cfs`` as they are now, readable later and from any thread.
+
+        Call it on the thread that writes (the event loop): with no write between the
+        iterators' creation, every column family shows the same committed batch.
+        """
+        return PinnedView({cf: self._cfs[cf].iter() for cf in cfs})
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -243,3 +241,71 @@ class ProjectionStore:
     @staticmethod
     def destroy(path: str | os.PathLike[str]) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _scan(it: RdictIter, start: bytes, end: bytes, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    if reverse:
+        it.seek_for_prev(end)
+        if it.valid() and it.key() >= end:
+            it.prev()
+        while it.valid():
+            k = it.key()
+            if k < start:
+                return
+            yield k, it.value()
+            it.prev()
+    else:
+        it.seek(start)
+        while it.valid():
+            k = it.key()
+            if k >= end:
+                return
+            yield k, it.value()
+            it.next()
+
+
+class PinnedView:
+    """A point-in-time :class:`~projections.store.kv.KVReader` over some column families.
+
+    A RocksDB iterator reads the database as of its creation (its implicit snapshot) for as
+    long as it lives, on whatever thread uses it; this view keeps one per column family and
+    answers ``get`` and ``scan`` from it. (``Rdict.snapshot()`` exists, but rocksdict 0.3.29's
+    ``Snapshot.iter`` sets the snapshot on a temporary read-options object and builds the
+    iterator from fresh ones, so its iterators read the live database; only point reads honour
+    it.) One scan or get at a time per column family; :meth:`close` releases the pinned
+    memtables and files.
+    """
+
+    __slots__ = ("_busy", "_iters")
+
+    def __init__(self, iters: dict[str, RdictIter]) -> None:
+        self._iters = iters
+        self._busy: set[str] = set()
+
+    def _take(self, cf: str) -> RdictIter:
+        if cf in self._busy:
+            raise RuntimeError(f"column family {cf!r} is already being read in this view")
+        try:
+            return self._iters[cf]
+        except KeyError:
+            raise KeyError(f"column family {cf!r} is not pinned in this view") from None
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        it = self._take(cf)
+        it.seek(key)
+        if it.valid() and it.key() == key:
+            return bytes(it.value())
+        return None
+
+    def scan(
+        self, cf: str, start: bytes, end: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        it = self._take(cf)
+        self._busy.add(cf)
+        try:
+            yield from _scan(it, start, end, reverse)
+        finally:
+            self._busy.discard(cf)
+
+    def close(self) -> None:
+        self._iters.clear()

@@ -82,6 +82,12 @@ class MessagePublished:
     idempotency: IdempotencyClaim | None = None
     client_event: bool = False
     """True for ``client-`` events sent over a WebSocket."""
+    data_is_binary: bool = False
+    """True when the publisher sent raw bytes (msgpack/protobuf client events, schema v3).
+
+    ``data`` then holds the bytes as a compact JSON array of integers 0-255 (with
+    ``data_is_json``): lossless, and exactly what JSON and V1 receivers get (spec 02 §2.4);
+    binary wire formats turn it back into bytes."""
 
 
 @dataclass(frozen=True, slots=True)

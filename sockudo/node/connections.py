@@ -51,6 +51,8 @@ class ClientEvent:
     """The sender's presence user id (presence channels only: V1 frames carry it)."""
     echo: bool | None = None
     """V2 ``extras.echo`` of the frame; travels in the record's extras."""
+    data_is_binary: bool = False
+    """``data`` is the JSON int array of raw bytes from a binary-format sender."""
 
 
 class ConnectionService:
@@ -134,6 +136,7 @@ class ConnectionService:
                 retention=message_retention(policy),
                 extras_json=None if ev.echo is None else json.dumps({"echo": ev.echo}),
                 client_event=True,
+                data_is_binary=ev.data_is_binary,
             )
         )
 

@@ -220,6 +220,31 @@ class ChannelService:
             node_id=self.settings.node_id,
         )
 
+    def history_read(
+        self, app: AppConfig, channel: str, query: history_reads.HistoryQuery
+    ) -> Callable[[], dict[str, Any]]:
+        """:meth:`history_page` as of now, computed later by the returned call on any thread.
+
+        Call this on the event loop, which the fold writes from: the stall and a pinned view
+        of the stream heads and history rows are taken here, so the page shows exactly the
+        batch committed now however many the fold writes while a worker thread reads it.
+        """
+        store = self.runtime.store
+        assert store is not None
+        view = store.pin((keys.STREAMS, keys.HISTORY))
+        stall = self.stall(app.id, channel)
+        node_id = self.settings.node_id
+
+        def read() -> dict[str, Any]:
+            try:
+                return history_reads.read_page(
+                    view, app.id, channel, query, stall=stall, node_id=node_id
+                )
+            finally:
+                view.close()
+
+        return read
+
     def history_page_json(
         self, app: AppConfig, channel: str, query: history_reads.HistoryQuery
     ) -> bytes:

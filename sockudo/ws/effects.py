@@ -1,6 +1,7 @@
 """Runs the effects a :class:`~sockudo.ws.session.Reply` asks for: log appends and projection reads.
 
-Each effect runs in the socket's read loop, so one socket's frames are handled in order. A
+Each effect runs in the socket's read loop, so one socket's frames are handled in order; a
+history read only starts there and is answered by its own task (at most two per socket). A
 presence join waits for this node's fold of its record, then reads the member list and joins
 the hub with no ``await`` in between: the list and the hub join sit at the same log position,
 so the new member misses no later edge and sees no earlier one twice (spec 05 §7.2).
@@ -9,7 +10,7 @@ so the new member misses no later edge and sees no earlier one twice (spec 05 §
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from projections.folds.state import IGNORED
 from projections.reads.presence import subscription_data
@@ -50,6 +51,8 @@ class SocketEnv:
     connections: ConnectionService
     watchlists: Watchlists
     hot: HotReplay
+    history: streams.HistoryReads = field(default_factory=streams.HistoryReads)
+    """``channel_history`` reads in flight (spec 02 §8.3); closed when the socket goes."""
 
 
 async def run(effect: Effect, env: SocketEnv) -> None:
@@ -88,6 +91,7 @@ async def run(effect: Effect, env: SocketEnv) -> None:
                         socket_id=env.session.socket_id,
                         user_id=effect.user_id,
                         echo=effect.echo,
+                        data_is_binary=effect.data_is_binary,
                     ),
                 )
             case SignedIn():

@@ -243,7 +243,7 @@ class V2Egress:
             Envelope(
                 event=d.event,
                 channel=d.channel,
-                data=v2_data(d.data, d.data_is_json),
+                data=binary_data(d.data) if d.data_is_binary else v2_data(d.data, d.data_is_json),
                 user_id=d.user_id,
                 tags=dict(d.tags) if d.tags else None,
                 message_id=d.message_id or None,
@@ -268,6 +268,14 @@ def extras_of(extras_json: str) -> Extras | None:
         else None,
     )
     return None if extras == Extras() else extras
+
+
+def binary_data(data: str) -> Data:
+    """Raw bytes stored as their JSON int array (``data_is_binary``): ``binary`` kind, so
+    msgpack sends ``["binary", bin]``, protobuf ``binary_value`` and JSON the int array
+    (spec 02 §2.2-2.4)."""
+    raw = bytes(json.loads(data))
+    return Data("binary", raw, raw)
 
 
 def v2_data(data: str, is_json: bool) -> Data:

@@ -218,6 +218,7 @@ async def websocket_v1(websocket: WebSocket) -> None:
     finally:
         user_id = hub.user_of(socket_id)
         hub.remove(socket_id)
+        await env.history.close()
         ctx.watchlists.socket_gone(app.id, socket_id, user_id)
         await _leave_presence(env)
         metrics.connection_closed(app.id)

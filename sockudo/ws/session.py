@@ -103,6 +103,8 @@ class PublishClientEvent:
     data_is_json: bool
     user_id: str | None
     echo: bool | None = None
+    data_is_binary: bool = False
+    """``data`` is the JSON int array of raw bytes (spec 02 §2.4)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -773,7 +775,10 @@ class Session:
             )
         user_id = self.presence.get(channel)
         echo = command.echo if self.out.protocol == 2 else None
-        return Reply(effects=[PublishClientEvent(channel, event, data, is_json, user_id, echo)])
+        binary = isinstance(command.data, bytes | bytearray)
+        return Reply(
+            effects=[PublishClientEvent(channel, event, data, is_json, user_id, echo, binary)]
+        )
 
     def _take_client_event_slot(self, now: float) -> bool:
         window = float(self.app.limits.decay_seconds or 1)
@@ -810,8 +815,9 @@ def encode_client_data(data: object) -> tuple[str, bool]:
     if isinstance(data, str):
         return data, False
     if isinstance(data, bytes | bytearray):
-        # Binary data (msgpack/protobuf senders) travels as its byte values; JSON subscribers
-        # see the array of integers spec 02 §2.4 prescribes.
+        # Binary data (msgpack/protobuf senders) travels as its byte values, flagged
+        # ``data_is_binary``: JSON subscribers see the array of integers spec 02 §2.4
+        # prescribes, binary formats get the bytes back.
         return _COMPACT.encode(list(data)), True
     try:
         return _COMPACT.encode(data), True

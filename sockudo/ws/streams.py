@@ -1,15 +1,21 @@
 """V2 stream positions on one socket: attach, rewind, resume and history over the WebSocket.
 
-Every function here is synchronous on purpose. It reads the committed projection and enqueues
-frames without yielding to the event loop, so no live delivery can interleave: the replay of a
-resume or rewind and the ``subscription_succeeded`` of an attach sit exactly at the log position
-the projection shows, and later messages reach the socket through fanout, after them (spec 02
-§5.3, §7.5 — the "held" live messages of the spec are simply not delivered yet).
+Every function here but :func:`history` is synchronous on purpose. It reads the committed
+projection and enqueues frames without yielding to the event loop, so no live delivery can
+interleave: the replay of a resume or rewind and the ``subscription_succeeded`` of an attach sit
+exactly at the log position the projection shows, and later messages reach the socket through
+fanout, after them (spec 02 §5.3, §7.5 — the "held" live messages of the spec are simply not
+delivered yet). A history page carries no stream position, so it is answered in its own time:
+its inputs are taken synchronously, its rows are read in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from projections.reads import history as history_reads
@@ -24,6 +30,8 @@ from sockudo.ws.session import RESUME_PENDING_TTL_S, Rewind, not_attached
 
 if TYPE_CHECKING:  # effects.py imports this module
     from sockudo.ws.effects import SocketEnv
+
+log = logging.getLogger(__name__)
 
 
 def attach(
@@ -213,31 +221,139 @@ def _rewind(env: SocketEnv, channel: str, rewind: Rewind) -> None:
 # --- history over the WebSocket ---------------------------------------------------------------
 
 
+MAX_CONCURRENT_HISTORY = 2
+"""``channel_history`` reads one connection may have in flight (spec 02 §8.3)."""
+
+
+class HistoryReads:
+    """The ``channel_history`` reads in flight on one socket, each a task of the event loop.
+
+    A read counts from :meth:`start` until its task has offered its frame (or failed), so
+    a request arriving while ``limit`` are counted is refused, never queued.
+    """
+
+    def __init__(self, limit: int = MAX_CONCURRENT_HISTORY) -> None:
+        self.limit = limit
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def full(self) -> bool:
+        return self.closed or len(self._tasks) >= self.limit
+
+    def start(self, read: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        """Run ``read`` as a task; ``None`` (and ``read`` closed) when full or closed."""
+        if self.full():
+            read.close()
+            return None
+        task = asyncio.create_task(self._counted(read), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._done(done, read))
+        return task
+
+    def _done(self, task: asyncio.Task[None], read: Coroutine[Any, Any, None]) -> None:
+        # A task cancelled before its first step never ran ``_counted``: uncount it, and close
+        # the read it never awaited (a no-op for one that ran).
+        self._tasks.discard(task)
+        read.close()
+
+    async def _counted(self, read: Coroutine[Any, Any, None]) -> None:
+        try:
+            await read
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)  # now, not a loop iteration later
+
+    async def close(self) -> None:
+        """The socket is gone: cancel what is in flight and wait until it has stopped.
+
+        A page already being computed in a worker thread finishes there and is dropped; one
+        still queued for a thread never runs.
+        """
+        self.closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_READ_THREADS = 4
+"""Worker threads reading history pages for every socket of this node (GIL-bound work: more
+threads only take more turns from the event loop)."""
+_executor: ThreadPoolExecutor | None = None
+
+
+def _reads_executor() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="ws-history")
+    return _executor
+
+
 def history(env: SocketEnv, channel: str, request: dict[str, Any]) -> None:
-    """One ``sockudo:channel_history`` page (spec 02 §8)."""
+    """Start one ``sockudo:channel_history`` page (spec 02 §8); its frame follows later.
+
+    Everything that depends on the socket's state or the fold's position is taken now, on the
+    loop: the concurrency check, the query with its ``until_attach`` bound, the attach serial
+    and a pinned view of the projection. The page is read in a worker thread and its frame
+    offered back on the loop, so the read loop keeps reading frames meanwhile.
+    """
     egress = env.outbox.egress
+    if env.history.full():
+        env.outbox.offer(
+            egress.error(v1.CLIENT_EVENT_ERROR, "Too many concurrent history requests", channel)
+        )
+        return
     services = env.connections.channels
     try:
         query, until_attach = _query(env, channel, request, services.settings)
-        page = services.history_page(env.app, channel, query)
     except _Invalid as exc:
         env.outbox.offer(egress.error(v1.MALFORMED, str(exc), channel))
         return
+    read = services.history_read(env.app, channel, query)
+    attach_serial = env.session.attached.get(channel, (0, None))[1]
+    extra: dict[str, Any] = {}
+    request_id = request.get("request_id")
+    if isinstance(request_id, str):
+        extra["request_id"] = request_id
+    env.history.start(
+        _read_page(env, channel, read, until_attach, attach_serial, extra),
+        name=f"ws-history:{env.session.socket_id}",
+    )
+
+
+async def _read_page(
+    env: SocketEnv,
+    channel: str,
+    read: Callable[[], dict[str, Any]],
+    until_attach: bool,
+    attach_serial: int | None,
+    extra: dict[str, Any],
+) -> None:
+    egress = env.outbox.egress
+    try:
+        page = await asyncio.get_running_loop().run_in_executor(_reads_executor(), read)
     except ApiError as exc:
         env.outbox.offer(egress.error(v1.MALFORMED, exc.message, channel))
         return
     except StreamNotHealthy:
         env.outbox.offer(egress.error(v1.CHANNEL_ERROR, "History stream is not healthy", channel))
         return
-    attach_serial = env.session.attached.get(channel, (0, None))[1]
+    except Exception:
+        log.exception("history read of %s on %s failed", env.session.socket_id, channel)
+        env.outbox.offer(egress.error(4100, "Service temporarily unavailable, try again", channel))
+        return
     page["bounds"] = {
         **page["bounds"],
         "until_attach": until_attach,
         "attach_serial": attach_serial,
     }
-    request_id = request.get("request_id")
-    if isinstance(request_id, str):
-        page["request_id"] = request_id
+    page.update(extra)
+    # Back on the loop: a closed socket's outbox refuses the frame.
     env.outbox.offer(egress.system("channel_history", channel, page))
 
 

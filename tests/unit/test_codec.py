@@ -186,25 +186,34 @@ def test_event_class_lookups_reject_unknown_names() -> None:
 # --------------------------------------------------------------------------- evolution
 
 
-def _v1_message_published_bytes(event: MessagePublished) -> bytes:
-    """``event`` written the way a v1 node wrote it: v1 schema, no ``tags``/``client_event``."""
-    schema = json.loads((SCHEMAS / "MessagePublished" / "v1.avsc").read_text())
+def _old_message_published_bytes(event: MessagePublished, version: int) -> bytes:
+    """``event`` written the way a v1/v2 node wrote it: that schema, without newer fields."""
+    schema = json.loads((SCHEMAS / "MessagePublished" / f"v{version}.avsc").read_text())
     record = mapping.to_dict(MessagePublished)(event)
-    del record["tags"], record["client_event"]
+    del record["data_is_binary"]
+    if version == 1:
+        del record["tags"], record["client_event"]
     out = io.BytesIO()
-    out.write(b"\x01")
+    out.write(bytes([version]))
     schemaless_writer(out, parse_schema(schema, named_schemas={}), record)
     return out.getvalue()
+
+
+def _v1_message_published_bytes(event: MessagePublished) -> bytes:
+    return _old_message_published_bytes(event, 1)
 
 
 def test_v1_message_published_decodes_into_the_current_class_with_defaults(
     c: codec.Codec,
 ) -> None:
-    assert c.current_version("MessagePublished") == 2
+    assert c.current_version("MessagePublished") == 3
     rng = random.Random(7)
     for _ in range(20):
         event = dataclasses.replace(
-            random_instance(MessagePublished, rng), tags=None, client_event=False
+            random_instance(MessagePublished, rng),
+            tags=None,
+            client_event=False,
+            data_is_binary=False,
         )
         decoded = c.decode("MessagePublished", _v1_message_published_bytes(event))
         assert decoded == event
@@ -213,12 +222,41 @@ def test_v1_message_published_decodes_into_the_current_class_with_defaults(
     assert isinstance(decoded, MessagePublished)
     assert decoded.tags is None
     assert decoded.client_event is False
-    assert decoded == dataclasses.replace(full, tags=None, client_event=False)
+    assert decoded.data_is_binary is False
+    assert decoded == dataclasses.replace(full, tags=None, client_event=False, data_is_binary=False)
+
+
+def test_v2_message_published_decodes_with_data_is_binary_false(c: codec.Codec) -> None:
+    rng = random.Random(8)
+    for _ in range(20):
+        event = dataclasses.replace(random_instance(MessagePublished, rng), data_is_binary=False)
+        assert c.decode("MessagePublished", _old_message_published_bytes(event, 2)) == event
+    full = random_instance(MessagePublished, rng, "full")
+    decoded = c.decode("MessagePublished", _old_message_published_bytes(full, 2))
+    assert decoded == dataclasses.replace(full, data_is_binary=False)
+
+
+def test_v3_message_published_round_trips_binary_data(c: codec.Codec) -> None:
+    event = MessagePublished(
+        "e",
+        "a",
+        "private-c",
+        Origin("n", socket_id="1.2"),
+        "m",
+        "client-x",
+        "[0,255]",
+        data_is_json=True,
+        client_event=True,
+        data_is_binary=True,
+    )
+    encoded = c.encode(event)
+    assert encoded.value[:1] == b"\x03"
+    assert c.decode("MessagePublished", encoded.value) == event
 
 
 def test_encode_always_writes_the_current_version(c: codec.Codec) -> None:
     event = random_instance(MessagePublished, random.Random(3), "full")
-    assert c.encode(event).value[:1] == b"\x02"
+    assert c.encode(event).value[:1] == b"\x03"
 
 
 # --------------------------------------------------------------------------- errors
@@ -229,7 +267,7 @@ def sample(c: codec.Codec) -> codec.EncodedEvent:
     return c.encode(random_instance(MessagePublished, random.Random(11), "full"))
 
 
-@pytest.mark.parametrize("version", [0, 3, 42, 255])
+@pytest.mark.parametrize("version", [0, 4, 42, 255])
 def test_unknown_version_byte_is_a_typed_error(
     c: codec.Codec, sample: codec.EncodedEvent, version: int
 ) -> None:
@@ -375,6 +413,6 @@ def test_malformed_schema_files_refuse_to_load(tmp_path: Path, name: str, text: 
 def test_schemas_are_parsed_once_per_version() -> None:
     registry = codec.SchemaRegistry(SCHEMAS)
     published = registry.families["MessagePublished"]
-    assert sorted(published.parsed) == [1, 2]
-    assert published.current_version == 2
+    assert sorted(published.parsed) == [1, 2, 3]
+    assert published.current_version == 3
     assert all("__fastavro_parsed" in schema for schema in published.parsed.values())

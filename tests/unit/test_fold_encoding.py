@@ -126,6 +126,7 @@ def test_fast_constructors_build_equal_objects() -> None:
         "extras_json": None,
         "tags": None,
         "kind": "message",
+        "data_is_binary": False,
     }
     assert new_delivery(*d.values()) == Delivery(**d)
     assert fast_constructor(Outcome) is not new_outcome
