@@ -44,6 +44,26 @@ channel's local subscription count while someone subscribes to its ``[meta]`` ch
 class Outbox:
     """The bounded send queue of one socket plus a pending close request."""
 
+    # One per connection: slots keep an idle socket's footprint down (spec target 40 KiB).
+    __slots__ = (
+        "_chars",
+        "_frames",
+        "_held",
+        "_held_bytes",
+        "_transport",
+        "_wake",
+        "app_id",
+        "capacity",
+        "close_cause",
+        "close_request",
+        "deltas",
+        "echo",
+        "egress",
+        "max_chars",
+        "predicates",
+        "socket_id",
+    )
+
     def __init__(
         self,
         socket_id: str,
