@@ -118,7 +118,6 @@ class Fanout:
         # Serialise once per (protocol, format) and share the frame between sockets.
         frames = _Frames()
         sent = 0
-        exclude = d.exclude_socket_id
         view: MessageView | None = None
         # With patterns in play: the sockets this message is settled for (sent, or excluded).
         reached: set[str] | None = set() if patterns else None
@@ -131,23 +130,7 @@ class Fanout:
                     continue
             if reached is not None:
                 reached.add(outbox.socket_id)
-            if outbox.socket_id == exclude and not (
-                # A V2 sender of a client event receives it back unless echo is off (02 §10.3).
-                d.client_event and outbox.egress.protocol == 2 and _echo(d, outbox)
-            ):
-                continue
-            frame = frames.get(outbox.egress.key)
-            if frame is None:
-                frame = frames.put(outbox.egress.key, outbox.egress.message(d))
-            delta = outbox.deltas.get(d.channel) if outbox.deltas else None
-            if delta is not None and isinstance(frame, str):
-                # Per-socket: the shared frame is the input, the base is this socket's own.
-                own = delta.next_frame(
-                    frame, d.event, message_id=d.message_id, stream_id=d.stream_id, serial=d.serial
-                )
-                sent += self._offer(outbox, own, None)
-            else:
-                sent += self._offer(outbox, frame, frames)
+            sent += self._send(d, outbox, frames)
         if reached is not None:
             sent += self._pattern_message(d, patterns, reached, frames, view)
         frames.count(d.app_id)
@@ -170,7 +153,6 @@ class Fanout:
         ``message_id``, ``stream_id`` and ``serial``), shared with the channel's subscribers.
         """
         sent = 0
-        exclude = d.exclude_socket_id
         for pattern, subscribers in patterns:
             for outbox in list(subscribers.values()):
                 if outbox.socket_id in reached:
@@ -182,28 +164,29 @@ class Fanout:
                     if not predicate.matches(view):
                         continue  # another pattern of this socket may still accept it
                 reached.add(outbox.socket_id)
-                if outbox.socket_id == exclude and not (
-                    d.client_event and outbox.egress.protocol == 2 and _echo(d, outbox)
-                ):
-                    continue
-                frame = frames.get(outbox.egress.key)
-                if frame is None:
-                    frame = frames.put(outbox.egress.key, outbox.egress.message(d))
-                delta = outbox.deltas.get(d.channel) if outbox.deltas else None
-                if delta is not None and isinstance(frame, str):
-                    # Also subscribed to the channel with delta on (its predicate refused this
-                    # message): keep that channel's delta sequence whole.
-                    own = delta.next_frame(
-                        frame,
-                        d.event,
-                        message_id=d.message_id,
-                        stream_id=d.stream_id,
-                        serial=d.serial,
-                    )
-                    sent += self._offer(outbox, own, None)
-                else:
-                    sent += self._offer(outbox, frame, frames)
+                sent += self._send(d, outbox, frames)
         return sent
+
+    def _send(self, d: Delivery, outbox: Outbox, frames: _Frames) -> int:
+        """``d`` to one socket that accepts it: the shared frame, or the socket's delta."""
+        if outbox.socket_id == d.exclude_socket_id and not (
+            # A V2 sender of a client event receives it back unless echo is off (02 §10.3).
+            d.client_event and outbox.egress.protocol == 2 and _echo(d, outbox)
+        ):
+            return 0
+        frame = frames.get(outbox.egress.key)
+        if frame is None:
+            frame = frames.put(outbox.egress.key, outbox.egress.message(d))
+        # A socket with delta on for the channel (also when a pattern reached it because the
+        # channel's predicate refused the message) keeps that channel's delta sequence whole.
+        delta = outbox.deltas.get(d.channel) if outbox.deltas else None
+        if delta is not None and isinstance(frame, str):
+            # Per-socket: the shared frame is the input, the base is this socket's own.
+            own = delta.next_frame(
+                frame, d.event, message_id=d.message_id, stream_id=d.stream_id, serial=d.serial
+            )
+            return self._offer(outbox, own, None)
+        return self._offer(outbox, frame, frames)
 
     # --- meta channels (spec 02 §5.8) -----------------------------------------------------------
 
@@ -249,15 +232,13 @@ class Fanout:
 
         ``shared``: the frame is one of these, encoded once for every direct socket.
         """
-        if outbox.direct:
-            if self._held is not None and outbox.hold():
-                self._held.append(outbox)
-            if shared is not None:
-                if shared.write(outbox, frame):
-                    return 1
-            elif outbox.offer(frame):
-                return 1
-        elif outbox.offer(frame):
+        if outbox.direct and self._held is not None and outbox.hold():
+            self._held.append(outbox)
+        if shared is not None and outbox.direct:
+            accepted = shared.write(outbox, frame)
+        else:
+            accepted = outbox.offer(frame)
+        if accepted:
             return 1
         if outbox.close_request is None:
             self.slow_closed += 1
