@@ -12,16 +12,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.support.api import SignedClient
-from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess
+from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess, running_node
 
 
 def _start(path: Path, **env: str) -> Iterator[NodeProcess]:
-    node = NodeProcess(path, extra_env=env)
-    node.start()
-    try:
+    with running_node(NodeProcess(path, extra_env=env)) as node:
         yield node
-    finally:
-        node.kill()
 
 
 @pytest.fixture(scope="module")

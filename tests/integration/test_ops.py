@@ -16,18 +16,14 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from sockudo.http.ops import parse_meminfo
 from tests.support.api import SignedClient
-from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess
+from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess, running_node
 
 TIMEOUT = 10.0
 
 
 def _start(path: Path, **env: str) -> Iterator[NodeProcess]:
-    node = NodeProcess(path, extra_env=env)
-    node.start()
-    try:
+    with running_node(NodeProcess(path, extra_env=env)) as node:
         yield node
-    finally:
-        node.kill()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from sockudo.auth import sign_channel_auth, sign_user_auth
 from tests.support.api import SignedClient
 from tests.support.kafka_broker import delete_topics_with_prefix, run_async
-from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess
+from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess, running_node
 from tests.support.tokens import capability_token
 from tests.support.ws import (
     BACKENDS,
@@ -306,12 +306,8 @@ async def test_expiry_warns_and_a_refresh_keeps_the_connection(node: NodeProcess
 
 @pytest.fixture(scope="module")
 def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = NodeProcess(Path(tmp_path_factory.mktemp("tokens-expiry")) / "node")
-    node.start()
-    try:
+    with running_node(NodeProcess(Path(tmp_path_factory.mktemp("tokens-expiry")) / "node")) as node:
         yield node
-    finally:
-        node.kill()
 
 
 @pytest.mark.slow

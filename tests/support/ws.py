@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from sockudo.auth import sign_channel_auth, sign_user_auth
 from tests.support.api import SignedClient
-from tests.support.node import APP_KEY, APP_SECRET, NodeProcess
+from tests.support.node import APP_KEY, APP_SECRET, NodeProcess, running_node
 
 TIMEOUT = 10.0
 BACKENDS = ["embedded", pytest.param("kafka", marks=pytest.mark.kafka)]
@@ -37,11 +37,8 @@ def node_for_backend(
         )
     else:
         n = NodeProcess(data_dir, **kwargs)
-    n.start()
-    try:
+    with running_node(n):
         yield n
-    finally:
-        n.kill()
 
 
 def ws_url(node: NodeProcess, key: str = APP_KEY, query: str = "protocol=7") -> str:
