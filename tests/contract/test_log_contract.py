@@ -18,28 +18,13 @@ from sockudo.errors import (
     TopicMismatch,
     UnknownTopic,
 )
-from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, EventLog, LogReader, LogRecord
+from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogReader, LogRecord
 from sockudo.log.partitioning import channel_key, murmur2, partition_for
-from tests.support.log_fixtures import LogUnderTest
+from tests.support.log_fixtures import LogUnderTest, read_all
 
 DELETE = {"cleanup.policy": "delete"}
 COMPACT = {"cleanup.policy": "compact"}
 T = 10_000  # append timeout (ms): generous, a slow CI disk must not fail the suite
-
-
-async def read_all(
-    log: EventLog, topic: str, positions: dict[int, int], count: int
-) -> list[LogRecord]:
-    """Poll a fresh reader until ``count`` records arrived (at most 15 s)."""
-    reader = log.reader(topic, positions)
-    out: list[LogRecord] = []
-    deadline = time.monotonic() + 15
-    try:
-        while len(out) < count and time.monotonic() < deadline:
-            out.extend(await reader.poll(500, 200))
-    finally:
-        await reader.close()
-    return out
 
 
 async def poll_until_error(reader: LogReader) -> None:

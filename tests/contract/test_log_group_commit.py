@@ -9,30 +9,15 @@ still name the record it wrote, and one task's appends must keep call order.
 from __future__ import annotations
 
 import asyncio
-import time
 
-from sockudo.log.base import AppendResult, EventLog, LogRecord
+from sockudo.log.base import AppendResult
 from sockudo.log.partitioning import channel_key, partition_for
-from tests.support.log_fixtures import LogUnderTest
+from tests.support.log_fixtures import LogUnderTest, read_all
 
 DELETE = {"cleanup.policy": "delete"}
 T = 30_000
 TASKS = 40
 PER_TASK = 25
-
-
-async def read_all(
-    log: EventLog, topic: str, positions: dict[int, int], count: int
-) -> list[LogRecord]:
-    reader = log.reader(topic, positions)
-    out: list[LogRecord] = []
-    deadline = time.monotonic() + 20
-    try:
-        while len(out) < count and time.monotonic() < deadline:
-            out.extend(await reader.poll(1000, 200))
-    finally:
-        await reader.close()
-    return out
 
 
 def value_for(task: int, i: int) -> bytes:
@@ -66,7 +51,7 @@ async def test_appends_spanning_many_batches_name_their_records(event_log: LogUn
         assert sorted(offsets) == list(range(len(offsets))), f"partition {p}: contiguous"
 
     total = TASKS * PER_TASK
-    records = await read_all(log, topic, {0: 0, 1: 0}, total)
+    records = await read_all(log, topic, {0: 0, 1: 0}, total, timeout_s=20, max_records=1000)
     assert len(records) == total
     stored = {(r.partition, r.offset): (r.key, r.value, r.headers) for r in records}
     for task, results in enumerate(per_task):

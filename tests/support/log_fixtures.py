@@ -9,6 +9,7 @@ backend; on Kafka the ``topic_prefix`` fixture's, so the topics are deleted afte
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from sockudo.log.base import EventLog
+from sockudo.log.base import EventLog, LogRecord
 
 BACKENDS = ["memory", "embedded", pytest.param("kafka", marks=pytest.mark.kafka)]
 
@@ -72,3 +73,24 @@ async def event_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield LogUnderTest(log, backend, prefix, path)
     finally:
         await log.close()
+
+
+async def read_all(
+    log: EventLog,
+    topic: str,
+    positions: dict[int, int],
+    count: int,
+    *,
+    timeout_s: float = 15.0,
+    max_records: int = 500,
+) -> list[LogRecord]:
+    """Poll a fresh reader until ``count`` records arrived (at most ``timeout_s``)."""
+    reader = log.reader(topic, positions)
+    out: list[LogRecord] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            out.extend(await reader.poll(max_records, 200))
+    finally:
+        await reader.close()
+    return out
