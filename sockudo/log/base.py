@@ -6,7 +6,8 @@ Every backend (memory, embedded RocksDB, Kafka) passes the same contract suite i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -162,3 +163,35 @@ class EventLog(Protocol):
     def reader(self, topic: str, positions: Mapping[int, int]) -> LogReader:
         """A reader over the given partitions, starting at the given offsets."""
         ...
+
+
+class Watchdog:
+    """One event-loop timer for the append timeouts of a whole log.
+
+    A timer per append cost more than framing the record, so the log keeps one timer at the
+    earliest pending deadline; its callback fails what is overdue and re-arms for the next.
+    """
+
+    __slots__ = ("_callback", "_handle")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Fire by ``deadline`` (loop time) at the latest."""
+        handle = self._handle
+        if handle is not None:
+            if handle.when() <= deadline:
+                return
+            handle.cancel()
+        self._handle = loop.call_at(deadline, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._callback()

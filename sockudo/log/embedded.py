@@ -54,7 +54,7 @@ from sockudo.errors import (
     TopicMismatch,
     UnknownTopic,
 )
-from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec
+from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec, Watchdog
 
 __all__ = ["FRAME_FORMAT", "EmbeddedLog", "EmbeddedReader", "decode_frame", "encode_frame"]
 
@@ -276,7 +276,7 @@ class EmbeddedLog:
         self._pending: list[_Pending] = []
         self._inflight: list[_Pending] = []
         self._wake = asyncio.Event()
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog = Watchdog(self._expire_overdue)
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._unflushed = False
@@ -394,9 +394,7 @@ class EmbeddedLog:
             with contextlib.suppress(Exception):
                 await self._writer
             self._writer = None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -570,11 +568,7 @@ class EmbeddedLog:
         self._pending.append((fut, ps, offset, ts, deadline))
         if not self._wake.is_set():
             self._wake.set()
-        watchdog = self._watchdog
-        if watchdog is None or deadline < watchdog.when():
-            if watchdog is not None:
-                watchdog.cancel()
-            self._watchdog = loop.call_at(deadline, self._expire_overdue)
+        self._watchdog.arm(loop, deadline)
         return await fut
 
     def _expire_overdue(self) -> None:
@@ -584,7 +578,6 @@ class EmbeddedLog:
         framing the record. The record stays in its batch and may still be written, so the
         caller gets ``AppendOutcomeUnknown``.
         """
-        self._watchdog = None
         loop = asyncio.get_running_loop()
         now = loop.time()
         upcoming = None
@@ -600,7 +593,7 @@ class EmbeddedLog:
             elif upcoming is None or deadline < upcoming:
                 upcoming = deadline
         if upcoming is not None:
-            self._watchdog = loop.call_at(upcoming, self._expire_overdue)
+            self._watchdog.arm(loop, upcoming)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()

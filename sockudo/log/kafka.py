@@ -33,7 +33,7 @@ from sockudo.errors import (
     TopicMismatch,
     UnknownTopic,
 )
-from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord
+from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, Watchdog
 
 __all__ = ["KafkaLog", "KafkaReader"]
 
@@ -164,7 +164,7 @@ class KafkaLog:
         self._partition_counts: dict[str, int] = {}
         self._readers: set[KafkaReader] = set()
         self._queues: dict[tuple[str, int], _PartitionQueue] = {}
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog = Watchdog(self._expire_overdue)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -210,9 +210,7 @@ class KafkaLog:
         if flushers:
             await asyncio.gather(*flushers, return_exceptions=True)
         self._queues.clear()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog.cancel()
         for client in (producer, offsets, admin):
             if client is not None:
                 await self._stop_client(client)
@@ -391,11 +389,7 @@ class KafkaLog:
         queue.queued.append((fut, key, value, header_list, deadline))
         if queue.flusher is None:
             queue.flusher = loop.create_task(self._flush(producer, queue))
-        watchdog = self._watchdog
-        if watchdog is None or deadline < watchdog.when():
-            if watchdog is not None:
-                watchdog.cancel()
-            self._watchdog = loop.call_at(deadline, self._expire_overdue)
+        self._watchdog.arm(loop, deadline)
         return await fut
 
     async def _partition_queue(self, topic: str, partition: int) -> _PartitionQueue:
@@ -499,7 +493,6 @@ class KafkaLog:
         still queued was never handed to aiokafka (``LogUnavailable``); one in the batch on
         the wire may still be written (``AppendOutcomeUnknown``).
         """
-        self._watchdog = None
         loop = asyncio.get_running_loop()
         now = loop.time()
         upcoming: float | None = None
@@ -522,9 +515,7 @@ class KafkaLog:
                             )
                         )
         if upcoming is not None:
-            self._watchdog = loop.call_at(
-                max(upcoming, now + _WATCHDOG_SLACK_S), self._expire_overdue
-            )
+            self._watchdog.arm(loop, max(upcoming, now + _WATCHDOG_SLACK_S))
 
     @staticmethod
     async def _leader_reachable(producer: Any, tp: Any) -> None:
