@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from sockudo.channels import classify_channel, is_presence_channel, validate_channel_name
 from sockudo.config import AppConfig
-from sockudo.errors import ApiError
+from sockudo.http.body import invalid_input as _invalid
 from sockudo.http.context import HttpContext, context
 from sockudo.http.signed import authenticate
 from sockudo.ws import v1
@@ -24,10 +24,6 @@ __all__ = ["get_channel", "get_channel_users", "list_channels"]
 
 _LIST_INFO = frozenset({"user_count", "subscription_count"})
 _CHANNEL_INFO = frozenset({"user_count", "subscription_count", "cache"})
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(400, "invalid_input", message)
 
 
 def _info(request: Request, known: frozenset[str]) -> frozenset[str]:

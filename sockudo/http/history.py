@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.datastructures import QueryParams
@@ -13,13 +12,11 @@ from projections.reads.history import DIRECTIONS, HistoryQuery, decode_cursor
 from sockudo.channels import resolve_channel_policy, validate_channel_name
 from sockudo.config import AppConfig, Settings
 from sockudo.errors import ApiError
+from sockudo.http.body import invalid_input as _invalid
+from sockudo.http.body import json_object
 from sockudo.http.context import HttpContext, context
 from sockudo.http.signed import authenticate
 from sockudo.node.services import StreamControl
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(400, "invalid_input", message)
 
 
 def _int_param(params: QueryParams, name: str, alias: str | None = None) -> int | None:
@@ -112,12 +109,7 @@ async def get_history_state(request: Request) -> Response:
 
 def _confirmed_body(body: bytes, channel: str, operation: str) -> dict[str, Any]:
     """The confirmation fields shared by reset and purge (spec 03 §3.3)."""
-    try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        raise _invalid("Request body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise _invalid("Request body must be a JSON object")
+    data = json_object(body, empty_is_object=True)
     if data.get("confirm_channel") != channel:
         raise _invalid("confirm_channel must exactly match the channel path")
     if data.get("confirm_operation") != operation:

@@ -21,6 +21,8 @@ from typing import Any
 from sockudo.channels import classify_channel, validate_channel_name
 from sockudo.config import AppConfig, Settings
 from sockudo.errors import ApiError
+from sockudo.http.body import invalid_input as _invalid
+from sockudo.http.body import json_object
 
 __all__ = [
     "INFO_ATTRIBUTES",
@@ -86,28 +88,8 @@ class BatchCommand:
 # --------------------------------------------------------------------------------------------
 
 
-def _invalid(message: str) -> ApiError:
-    return ApiError(400, "invalid_input", message)
-
-
 def _limit(message: str) -> ApiError:
     return ApiError(400, "limit_exceeded", message)
-
-
-def _reject_constant(name: str) -> Any:
-    # Python's json accepts NaN/Infinity; they are not JSON and could not be re-serialised.
-    raise ValueError(f"invalid JSON constant {name}")
-
-
-def _load_object(body: bytes) -> dict[str, Any]:
-    try:
-        # Strict UTF-8 first: json.loads(bytes) would let encoded surrogates through.
-        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise _invalid("Request body must be valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise _invalid("Request body must be a JSON object")
-    return doc
 
 
 def _utf8_len(value: str, what: str) -> int:
@@ -351,7 +333,7 @@ def parse_events_body(
     idempotency_header: str | None = None,
 ) -> PublishCommand:
     """Validate a ``/events`` body; ``idempotency_header`` is ``X-Idempotency-Key`` if sent."""
-    return _event(_load_object(body), app, settings, header_key=idempotency_header)
+    return _event(json_object(body), app, settings, header_key=idempotency_header)
 
 
 def parse_batch_events_body(
@@ -366,7 +348,7 @@ def parse_batch_events_body(
     An invalid item raises the item's own error (status and code) with its zero-based index
     in the message.
     """
-    doc = _load_object(body)
+    doc = json_object(body)
     raw = doc.get("batch")
     if not isinstance(raw, list) or not raw:
         raise _invalid("batch is required and must be a non-empty array of events")

@@ -15,13 +15,13 @@ closes its own.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sockudo.errors import ApiError
+from sockudo.http.body import invalid_input as _invalid
+from sockudo.http.body import json_object
 from sockudo.http.context import context
 from sockudo.http.signed import authenticate
 from sockudo.node import revocations
@@ -35,10 +35,6 @@ MAX_TTL_S = 10 * 365 * 24 * 60 * 60
 """Longer requests are shortened to this (client-id revocations may outlive any token)."""
 _MAX_ID_BYTES = 128
 _MAX_REASON_BYTES = 256
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(400, "invalid_input", message)
 
 
 def _int(data: dict[str, Any], name: str) -> int | None:
@@ -63,12 +59,7 @@ def _ident(data: dict[str, Any], name: str) -> str | None:
 
 def parse_revocation(body: bytes, now: float) -> RevocationRequest:
     """The request of a revocation body; ``now`` (Unix seconds) resolves ``expires_at``."""
-    try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        raise _invalid("Request body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise _invalid("Request body must be a JSON object")
+    data = json_object(body, empty_is_object=True)
     jti, client_id = _ident(data, "jti"), _ident(data, "client_id")
     if jti is None and client_id is None:
         raise _invalid("revocation requires jti or client_id")
