@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sockudo.errors import ApiError
 
@@ -66,6 +67,12 @@ class IpRateLimiter:
             if len(hops) >= self.trust_hops:
                 return hops[-self.trust_hops]
         return peer or "unknown"
+
+    def check_request(self, scope: Mapping[str, Any]) -> Decision:
+        """:meth:`check` for the client of an ASGI HTTP or WebSocket ``scope``."""
+        client = scope.get("client")
+        ip = self.client_ip(client[0] if client else None, forwarded_for(scope.get("headers", [])))
+        return self.check(ip)
 
     def check(self, ip: str) -> Decision:
         """Count one request from ``ip``; refused requests are not counted."""

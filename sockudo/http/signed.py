@@ -39,11 +39,7 @@ def limit_by_ip(request: Request, ctx: HttpContext, route_app_id: str | None) ->
     limiter = ctx.api_limiter
     if limiter is None:
         return
-    client = request.scope.get("client")
-    ip = limiter.client_ip(
-        client[0] if client else None, ip_limit.forwarded_for(request.scope.get("headers", []))
-    )
-    decision = limiter.check(ip)
+    decision = limiter.check_request(request.scope)
     metrics.rate_limit_check(route_app_id or "", "ip", "api")
     if not decision.allowed:
         metrics.rate_limit_triggered(route_app_id or "", "ip", "api")

@@ -232,11 +232,7 @@ def _connect_rate_limited(limiter: IpRateLimiter | None, websocket: WebSocket) -
     """The 429 of spec 01 §2.2 when this client IP connects too often (limiter enabled)."""
     if limiter is None:
         return None
-    client = websocket.scope.get("client")
-    ip = limiter.client_ip(
-        client[0] if client else None, ip_limit.forwarded_for(websocket.scope.get("headers", []))
-    )
-    decision = limiter.check(ip)
+    decision = limiter.check_request(websocket.scope)
     metrics.rate_limit_check("", "ip", "websocket_connect")
     if decision.allowed:
         return None
