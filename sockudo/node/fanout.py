@@ -66,7 +66,8 @@ class Fanout:
             finally:
                 held, self._held = self._held, None
                 for outbox in held:
-                    outbox.release()
+                    if not outbox.release():
+                        self._close_slow(outbox)
         else:
             self._deliver(deliveries)
 
@@ -240,11 +241,14 @@ class Fanout:
             accepted = outbox.offer(frame)
         if accepted:
             return 1
+        self._close_slow(outbox)
+        return 0
+
+    def _close_slow(self, outbox: Outbox) -> None:
         if outbox.close_request is None:
             self.slow_closed += 1
             log.info("closing slow socket %s: send queue full", outbox.socket_id)
             outbox.request_close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)
-        return 0
 
 
 class _Frames:

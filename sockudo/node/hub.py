@@ -140,17 +140,20 @@ class Outbox:
         self._held_bytes = 0
         return True
 
-    def release(self) -> None:
-        """Write what :meth:`hold` gathered, in one ``write``."""
+    def release(self) -> bool:
+        """Write what :meth:`hold` gathered, in one ``write``.
+
+        ``False`` when that would pass the bound (nothing is written): the caller closes the
+        socket as slow, as for any refused frame.
+        """
         held, self._held = self._held, None
         transport = self._transport
         if not held or transport is None or self.close_request is not None:
-            return
+            return True
         if transport.get_write_buffer_size() + self._held_bytes > self.max_chars:
-            # Same bound as unheld frames: the caller sees the socket as slow and closes it.
-            self.request_close(4100, "Over capacity")
-            return
+            return False
         transport.write(held[0] if len(held) == 1 else b"".join(held))
+        return True
 
     def offer(self, frame: Frame) -> bool:
         """Enqueue ``frame``; ``False`` when full or closing (the frame is dropped)."""

@@ -164,3 +164,20 @@ async def test_release_of_an_oversized_batch_closes_instead_of_writing(peer: Pee
     assert box.close_request is None
     received = decode(await peer.read_all())
     assert received == ["a" * 12_000]
+
+
+async def test_held_batches_to_a_socket_that_stops_reading_close_it_with_4100(peer: Peer) -> None:
+    hub = Hub()
+    box = Outbox("1.1", APP_ID, max_chars=64 * 1024)
+    box.attach(peer.transport)
+    hub.add(box)
+    hub.subscribe("1.1", "orders")
+    fanout = Fanout(hub)
+    big = delivery(data="x" * 8000)
+    for _ in range(100):  # batches of two: the writes go through hold/release
+        fanout.deliver([big, big])
+        if box.close_request is not None:
+            break
+    assert box.close_request == (4100, "Over capacity")
+    assert fanout.slow_closed == 1
+    assert peer.transport.get_write_buffer_size() <= 64 * 1024
