@@ -35,6 +35,7 @@ from projections.folds.state import (
     StreamHead,
     dumps,
     fast_constructor,
+    history_item_prefix,
     json_int,
     json_str,
     new_delivery,
@@ -234,7 +235,13 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
         h: int | None = None
         if flags.persist:
             h = head.next_h
-            row = HistoryRow(_message_json(ev, head.stream_id, h), ts, ctx.offset, d)
+            msg = _message_json(ev, head.stream_id, h)
+            item = (
+                b""  # the response encoding refuses NaN/Infinity: such pages take the slow path
+                if b"NaN" in msg or b"Infinity" in msg
+                else history_item_prefix(head.stream_id, h, ts, ev.message_id, ev.name, len(msg))
+            )
+            row = HistoryRow(msg, ts, ctx.offset, d, item)
             append_row(kv, keys.HISTORY, ck, head, h, row)
             # Recovery replays by delivery serial (spec 02 §7.3): D → H of the stored row.
             kv.put(keys.DELIVERY, keys.history_key(ck, head.generation, d), keys.u64(h))

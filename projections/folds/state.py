@@ -187,15 +187,34 @@ class StreamHead:
         return replace(self)
 
 
-_ROW = struct.Struct(">QQQ")
+_ROW = struct.Struct(">QQQI")
+
+HISTORY_ITEM_PREFIX = (
+    '{"stream_id":%s,"serial":%d,"published_at_ms":%d,"message_id":%s,"event_name":%s,'
+    '"operation_kind":"append","payload_size_bytes":%d,"message":'
+)
+"""An item of an HTTP history page (spec 03 §3.1) up to its ``message``, which closes it."""
+
+
+def history_item_prefix(
+    stream_id: str, serial: int, published_at_ms: int, message_id: str, event: str, size: int
+) -> bytes:
+    """The stored text of a history item before its message (JSON strings as the page has them)."""
+    strings = json_str(stream_id), json_str(message_id), json_str(event)
+    text = HISTORY_ITEM_PREFIX % (strings[0], serial, published_at_ms, *strings[1:], size)
+    return text.encode()
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryRow:
     """One retained history row: the stored V2 wire message and where it came from.
 
-    Stored as ``u64 published_at_ms ‖ u64 offset ‖ u64 delivery serial ‖ message JSON``; the
-    JSON's byte length is the row's ``payload_size_bytes`` and what byte retention counts.
+    Stored as ``u64 published_at_ms ‖ u64 offset ‖ u64 delivery serial ‖ u32 n ‖ item prefix
+    (n bytes) ‖ message JSON`` and, when ``n > 0``, a closing ``}``: a channel message keeps
+    the whole item of its HTTP history page (:func:`history_item_prefix` around the message),
+    so a page is the join of its rows' stored bytes, rendered once at fold time instead of on
+    every read. The JSON's byte length is the row's ``payload_size_bytes`` and what byte
+    retention counts.
     """
 
     message_json: bytes
@@ -203,6 +222,9 @@ class HistoryRow:
     offset: int
     delivery_serial: int = 0
     """The live V2 ``serial`` D the message was delivered with (0: not a channel message)."""
+    item_prefix: bytes = b""
+    """The page item's text before the message; empty for rows no HTTP page renders as stored
+    (presence transitions, messages whose JSON the response encoding refuses)."""
 
     @property
     def size(self) -> int:
@@ -214,19 +236,31 @@ class HistoryRow:
         return msg
 
     def encode(self) -> bytes:
-        return (
-            _ROW.pack(self.published_at_ms, self.offset, self.delivery_serial) + self.message_json
+        head = _ROW.pack(
+            self.published_at_ms, self.offset, self.delivery_serial, len(self.item_prefix)
         )
+        if self.item_prefix:
+            return head + self.item_prefix + self.message_json + b"}"
+        return head + self.message_json
 
     @classmethod
     def decode(cls, raw: bytes) -> HistoryRow:
-        ts, offset, d = _ROW.unpack_from(raw)
+        ts, offset, d, n = _ROW.unpack_from(raw)
+        start = _ROW.size + n
         return cls(
-            message_json=bytes(raw[_ROW.size :]),
+            message_json=bytes(raw[start : len(raw) - 1 if n else len(raw)]),
             published_at_ms=ts,
             offset=offset,
             delivery_serial=d,
+            item_prefix=bytes(raw[_ROW.size : start]),
         )
+
+
+def stored_item(raw: bytes) -> bytes | None:
+    """The HTTP history item a stored row carries whole, or ``None``."""
+    if _ROW.unpack_from(raw)[3]:
+        return raw[_ROW.size :]
+    return None
 
 
 CACHE_TTL_MS = 3_600_000

@@ -9,13 +9,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import struct
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from projections.folds.state import HEALTHY, RESET_REQUIRED, HistoryRow, StreamHead
+from projections.folds.state import (
+    HEALTHY,
+    HISTORY_ITEM_PREFIX,
+    RESET_REQUIRED,
+    HistoryRow,
+    StreamHead,
+    stored_item,
+)
 from projections.store import keys
 from projections.store.kv import KVReader
 from projections.store.rocks import Stall
@@ -307,17 +313,6 @@ def render_json(value: Any) -> bytes:
 
 
 _U64 = struct.Struct(">Q")
-_ROW_HEADER = 24
-"""Bytes before a stored row's message JSON: u64 published_at_ms, u64 offset, u64 D
-(:class:`HistoryRow`)."""
-_QUOTE = ord('"')
-_MESSAGE_ID_OPEN = b',"message_id":"'
-_EVENT_TOKEN = re.compile(rb'\{"event":("[^"\\]*")')
-"""The first member of a stored message, when its value is a string without escapes."""
-_ITEM = (
-    b'{"stream_id":%b,"serial":%d,"published_at_ms":%d,"message_id":%b,"event_name":%b,'
-    b'"operation_kind":"append","payload_size_bytes":%d,"message":%b}'
-)
 
 
 def read_page_json(
@@ -331,96 +326,38 @@ def read_page_json(
 ) -> bytes:
     """:func:`read_page` as the body of its HTTP response: ``render_json(read_page(...))``.
 
-    Equal byte for byte, without decoding and re-encoding every row. The channel fold stores
-    a message as compact JSON with ``ensure_ascii=False`` — the response's own encoding, so a
-    decode/encode round trip gives back the stored bytes — with the members ``event,
-    channel, data, message_id, stream_id, serial`` and then optionally ``user_id, tags,
-    extras``. A row is spliced into the page as it is, with its ``event`` and ``message_id``
-    cut out of it, when it shows that layout:
-
-    * it starts ``{"event":"<name>","channel":<this channel>,"data":"`` — the ``event``
-      string has no escapes, and ``data`` is a string, so no member can hold a bare
-      ``NaN``/``Infinity`` (which the response encoding refuses);
-    * it ends ``,"stream_id":<this stream>,"serial":<the key's serial>}`` — only the final
-      ``}`` can follow a member of the message itself, so these are its last two members;
-    * the member in front of ``stream_id`` is ``"message_id":"<no quotes>"``: the last
-      ``,"message_id":"`` before ``stream_id`` whose value then runs quote-free up to it.
-      That text cannot occur inside a string, so it is the message's own member.
-
-    Any other row (optional members, other layouts, escaped names) takes the round trip.
-    Binary data (``"data":[…]`` then ``"data_encoding":"binary"`` last) never matches: its
-    ``data`` is no string and its last member is not ``serial``.
+    Equal byte for byte, without decoding and re-encoding every row: a channel message's row
+    stores its whole page item, rendered by the fold with the response's own encoding
+    (:class:`HistoryRow`), so the page is the join of the stored items. A row without one
+    takes the decode/encode round trip.
     """
     page = _select(kv, app_id, channel, query, stall, node_id)
     stream_id = render_json(page.head.stream_id if page.head else None)
-    channel_member = b',"channel":' + render_json(channel) + b',"data":'
-    tail_head = b',"stream_id":' + stream_id + b',"serial":'
-    serial_at = page.serial_at
-    unpack = _U64.unpack_from
     items: list[bytes] = []
     append = items.append
-    # '{"event":<name>,"channel":<channel>,"data":' of the previous row (rows of a channel
-    # mostly share event names), the name, and where the row's data starts.
-    start, event, data_at = _NO_START, b"", 0
     for key, raw in page.rows:
-        serial = unpack(key, serial_at)[0]
-        tail = b"%b%d}" % (tail_head, serial)
-        if raw.endswith(tail):
-            if not raw.startswith(start, _ROW_HEADER):
-                start, event = _message_start(raw, channel_member)
-                data_at = _ROW_HEADER + len(start)
-            end = len(raw) - len(tail)
-            at = raw.rfind(_MESSAGE_ID_OPEN, _ROW_HEADER, end) + len(_MESSAGE_ID_OPEN)
-            if (
-                event
-                and raw[data_at] == _QUOTE
-                and at > _ROW_HEADER
-                and raw.find(b'"', at, end) == end - 1
-            ):
-                append(
-                    _ITEM
-                    % (
-                        stream_id,
-                        serial,
-                        unpack(raw)[0],
-                        raw[at - 1 : end],
-                        event,
-                        len(raw) - _ROW_HEADER,
-                        raw[_ROW_HEADER:],
-                    )
-                )
-                continue
-        append(_round_trip(raw, stream_id, serial))
+        item = stored_item(raw)
+        append(item if item is not None else _round_trip(raw, stream_id, page.serial(key)))
     rest = render_json(_envelope(app_id, channel, query, page))
     return b'{"items":[' + b",".join(items) + b"]," + rest[1:]
 
 
-_NO_START = b"\xff"
-"""Never the start of a stored message (they start with ``{``)."""
-
-
-def _message_start(raw: bytes, channel_member: bytes) -> tuple[bytes, bytes]:
-    """``('{"event":<name>,"channel":…,"data":', <name>)`` of a row, or ``(_NO_START, b"")``."""
-    m = _EVENT_TOKEN.match(raw, _ROW_HEADER)
-    if m is not None:
-        event: bytes = m.group(1)
-        start = b'{"event":' + event + channel_member
-        if raw.startswith(start, _ROW_HEADER):
-            return start, event
-    return _NO_START, b""
-
-
 def _round_trip(raw: bytes, stream_id: bytes, serial: int) -> bytes:
     """One rendered item by decoding the stored message and encoding it again."""
-    message_json = raw[_ROW_HEADER:]
-    message = json.loads(message_json)
-    return _ITEM % (
-        stream_id,
-        serial,
-        _U64.unpack_from(raw)[0],
-        render_json(message.get("message_id")),
-        render_json(message.get("event")),
-        len(message_json),
+    row = HistoryRow.decode(raw)
+    message = json.loads(row.message_json)
+    return b"%b%b}" % (
+        (
+            HISTORY_ITEM_PREFIX
+            % (
+                stream_id.decode(),
+                serial,
+                row.published_at_ms,
+                render_json(message.get("message_id")).decode(),
+                render_json(message.get("event")).decode(),
+                len(row.message_json),
+            )
+        ).encode(),
         render_json(message),
     )
 
