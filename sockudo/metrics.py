@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -215,39 +216,53 @@ REGISTRY.register(_BYTES)
 # --- recording ----------------------------------------------------------------------------------
 
 
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+"""Labelled children by metric and label values. ``labels()`` validates and locks on every call
+(a few µs, several times per publish and per connection); label values are bounded (configured
+app ids, fixed type names), so each child is looked up once."""
+
+
+def _child(metric: object, *labels: str) -> Any:
+    key = (metric, labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)  # type: ignore[attr-defined]
+    return child
+
+
 def utf8_len(text: str) -> int:
     """UTF-8 size of ``text`` without encoding it when it is ASCII (the common frame)."""
     return len(text) if text.isascii() else len(text.encode())
 
 
 def connection_opened(app_id: str) -> None:
-    CONNECTED.labels(app_id, _port).inc()
-    NEW_CONNECTIONS.labels(app_id, _port).inc()
+    _child(CONNECTED, app_id, _port).inc()
+    _child(NEW_CONNECTIONS, app_id, _port).inc()
 
 
 def connection_closed(app_id: str) -> None:
-    CONNECTED.labels(app_id, _port).dec()
-    NEW_DISCONNECTIONS.labels(app_id, _port).inc()
+    _child(CONNECTED, app_id, _port).dec()
+    _child(NEW_DISCONNECTIONS, app_id, _port).inc()
 
 
 def connection_error(app_id: str, error_type: str) -> None:
     """``app_id`` is ``""`` for an unknown app: a caller-chosen key must not become a label."""
-    CONNECTION_ERRORS.labels(app_id, _port, error_type).inc()
+    _child(CONNECTION_ERRORS, app_id, _port, error_type).inc()
 
 
 def ws_received(app_id: str, nbytes: int) -> None:
-    WS_MESSAGES_RECEIVED.labels(app_id, _port).inc()
+    _child(WS_MESSAGES_RECEIVED, app_id, _port).inc()
     _BYTES.add("sockudo_socket_received_bytes", app_id, nbytes)
 
 
 def ws_sent(app_id: str, nbytes: int, frames: int = 1) -> None:
     """``frames`` outbound frames of ``nbytes`` in all (the writer counts a whole batch once)."""
-    WS_MESSAGES_SENT.labels(app_id, _port).inc(frames)
+    _child(WS_MESSAGES_SENT, app_id, _port).inc(frames)
     _BYTES.add("sockudo_socket_transmitted_bytes", app_id, nbytes)
 
 
 def http_call(app_id: str, received: int, sent: int) -> None:
-    HTTP_CALLS.labels(app_id, _port).inc()
+    _child(HTTP_CALLS, app_id, _port).inc()
     _BYTES.add("sockudo_http_received_bytes", app_id, received)
     _BYTES.add("sockudo_http_transmitted_bytes", app_id, sent)
 
@@ -269,16 +284,16 @@ def channel_type(channel: str) -> str:
 
 
 def subscribed(app_id: str, channel_type: str) -> None:
-    SUBSCRIPTIONS.labels(app_id, _port, channel_type).inc()
+    _child(SUBSCRIPTIONS, app_id, _port, channel_type).inc()
 
 
 def unsubscribed(app_id: str, channel_type: str) -> None:
-    UNSUBSCRIPTIONS.labels(app_id, _port, channel_type).inc()
+    _child(UNSUBSCRIPTIONS, app_id, _port, channel_type).inc()
 
 
 def channel_active(app_id: str, channel_type: str, delta: int) -> None:
     """``+1`` when a channel gains its first local subscriber, ``-1`` when it loses the last."""
-    ACTIVE_CHANNELS.labels(app_id, _port, channel_type).inc(delta)
+    _child(ACTIVE_CHANNELS, app_id, _port, channel_type).inc(delta)
 
 
 _RECIPIENT_BUCKETS = ((0, "0"), (1, "1"), (10, "2-10"), (100, "11-100"), (1000, "101-1000"))
@@ -293,25 +308,25 @@ def recipient_bucket(recipients: int) -> str:
 
 
 def broadcast_latency(app_id: str, channel_type: str, recipients: int, millis: float) -> None:
-    BROADCAST_LATENCY.labels(app_id, _port, channel_type, recipient_bucket(recipients)).observe(
+    _child(BROADCAST_LATENCY, app_id, _port, channel_type, recipient_bucket(recipients)).observe(
         max(millis, 0.0)
     )
 
 
 def rate_limit_check(app_id: str, limiter_type: str, request_context: str) -> None:
-    RATE_LIMIT_CHECKS.labels(app_id, _port, limiter_type, request_context).inc()
+    _child(RATE_LIMIT_CHECKS, app_id, _port, limiter_type, request_context).inc()
 
 
 def rate_limit_triggered(app_id: str, limiter_type: str, request_context: str) -> None:
-    RATE_LIMIT_TRIGGERED.labels(app_id, _port, limiter_type, request_context).inc()
+    _child(RATE_LIMIT_TRIGGERED, app_id, _port, limiter_type, request_context).inc()
 
 
 def idempotent_publish(app_id: str) -> None:
-    IDEMPOTENCY_PUBLISH.labels(app_id, _port).inc()
+    _child(IDEMPOTENCY_PUBLISH, app_id, _port).inc()
 
 
 def idempotency_duplicate(app_id: str) -> None:
-    IDEMPOTENCY_DUPLICATES.labels(app_id, _port).inc()
+    _child(IDEMPOTENCY_DUPLICATES, app_id, _port).inc()
 
 
 # --- exposition ---------------------------------------------------------------------------------

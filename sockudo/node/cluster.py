@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -51,6 +50,7 @@ from sockudo.errors import CodecError, LogError, OffsetOutOfRange, SockudoError
 from sockudo.events import codec
 from sockudo.events.nodes import NodeHeartbeat, NodeStopping
 from sockudo.events.presence import NodeDeclaredDead
+from sockudo.ids import random_uuid
 from sockudo.log.base import LogReader
 from sockudo.node.connections import ConnectionService
 from sockudo.node.hub import Hub
@@ -201,7 +201,7 @@ class ClusterService:
         incarnation = self.incarnation
         started = started_at_ms(incarnation) or int(self._wall() * 1000)
         heartbeat = NodeHeartbeat(
-            event_id=str(uuid.uuid4()),
+            event_id=random_uuid(),
             incarnation=incarnation,
             node_id=self.runtime.settings.node_id,
             started_at_ms=started,
@@ -365,7 +365,7 @@ class ClusterService:
 
     async def _append_stopping(self, incarnation: str) -> None:
         event = NodeStopping(
-            event_id=str(uuid.uuid4()),
+            event_id=random_uuid(),
             incarnation=incarnation,
             node_id=self.runtime.settings.node_id,
             stopping_at_ms=int(self._wall() * 1000),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +27,7 @@ from sockudo.events.presence import (
     PresenceMemberLeft,
     PresenceMemberUpdated,
 )
+from sockudo.ids import random_uuid
 from sockudo.node.services import (
     ChannelService,
     message_flags,
@@ -68,7 +68,7 @@ class ConnectionService:
             node=self.runtime.incarnation,
             socket_id=socket_id,
             user_id=user_id,
-            request_id=str(uuid.uuid4()),
+            request_id=random_uuid(),
         )
 
     def _presence_policy(self, app: AppConfig, channel: str) -> tuple[Flags, Retention]:
@@ -82,7 +82,7 @@ class ConnectionService:
         """What every ``presence.*`` record of one connection carries."""
         flags, retention = self._presence_policy(app, channel)
         return {
-            "event_id": str(uuid.uuid4()),
+            "event_id": random_uuid(),
             "app_id": app.id,
             "channel": channel,
             "origin": self._origin(socket_id, user_id),
@@ -124,11 +124,11 @@ class ConnectionService:
         policy = resolve_channel_policy(ev.channel, app, self.settings)
         await self.channels.append(
             MessagePublished(
-                event_id=str(uuid.uuid4()),
+                event_id=random_uuid(),
                 app_id=app.id,
                 channel=ev.channel,
                 origin=self._origin(ev.socket_id, ev.user_id),
-                message_id=str(uuid.uuid4()),
+                message_id=random_uuid(),
                 name=ev.event,
                 data=ev.data,
                 data_is_json=ev.data_is_json,
@@ -174,7 +174,7 @@ class ConnectionService:
         """
         key = b"__node__\x00" + incarnation.encode()
         summary = NodeDeclaredDead(
-            event_id=str(uuid.uuid4()),
+            event_id=random_uuid(),
             origin=self._origin(),
             incarnation=incarnation,
             declared_by=self.runtime.incarnation,
@@ -182,9 +182,7 @@ class ConnectionService:
         )
         appended = await asyncio.gather(
             *(
-                self.channels.append(
-                    replace(summary, event_id=str(uuid.uuid4())), partition=p, key=key
-                )
+                self.channels.append(replace(summary, event_id=random_uuid()), partition=p, key=key)
                 for p in range(self.runtime.partitions)
             )
         )

@@ -9,13 +9,13 @@ into its ``revocations`` projection (connects and ``sockudo:auth`` refreshes wit
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 
 from projections.reads import revocations as revocation_reads
 from sockudo.config import AppConfig
 from sockudo.events.channel import Origin
 from sockudo.events.users import CapabilityRevoked
+from sockudo.ids import random_uuid
 from sockudo.node.hub import Hub
 from sockudo.node.services import ChannelService
 
@@ -48,9 +48,9 @@ async def revoke(
     ]
     await channels.append_and_wait(
         CapabilityRevoked(
-            event_id=str(uuid.uuid4()),
+            event_id=random_uuid(),
             app_id=app.id,
-            origin=Origin(node=channels.runtime.incarnation, request_id=str(uuid.uuid4())),
+            origin=Origin(node=channels.runtime.incarnation, request_id=random_uuid()),
             ttl_ms=req.ttl_s * 1000,
             jti=req.jti,
             client_id=req.client_id,

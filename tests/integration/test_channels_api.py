@@ -436,6 +436,27 @@ async def test_batch_idempotency_header(clients: Clients, api: SignedClient) -> 
     assert [i["event_name"] for i in history.json()["items"]] == ["e0", "e1", "e2", "e0", "e1"]
 
 
+async def test_batch_keeps_item_order_per_channel(clients: Clients, api: SignedClient) -> None:
+    # Items are appended together (one group commit); each channel still sees them in order.
+    a = await clients.subscribed("border-a")
+    b = await clients.subscribed("border-b")
+    items = [
+        {"channel": "border-a" if i % 3 else "border-b", "name": f"e{i}", "data": str(i)}
+        for i in range(10)
+    ]
+    response = await post(api, f"/apps/{APP_ID}/batch_events", {"batch": items})
+    assert response.status_code == 200, response.text
+    want_a = [f"e{i}" for i in range(10) if i % 3]
+    want_b = [f"e{i}" for i in range(10) if not i % 3]
+    assert [(await recv(a))["event"] for _ in want_a] == want_a
+    assert [(await recv(b))["event"] for _ in want_b] == want_b
+    for channel, want in (("border-a", want_a), ("border-b", want_b)):
+        history = await asyncio.to_thread(api.history, channel, direction="oldest_first")
+        page = history.json()["items"]
+        assert [i["event_name"] for i in page] == want
+        assert [i["serial"] for i in page] == list(range(1, len(want) + 1))
+
+
 # --- user actions (spec 01 §5.4, checks 30 and 59) ----------------------------------------------
 
 
