@@ -2,7 +2,7 @@
 
     python bench/recovery.py [--subscribers 1000] [--clients 4] [--channels 100] [--rate 1000]
                              [--batch 1] [--outage 2] [--warmup 3] [--after 3]
-                             [--node-backlog N] [--profile OUT]
+                             [--profile OUT]
 
 Issue target: after a 2 s disconnect of 1,000 V2 subscribers while 1,000 messages/s are
 published, every client has caught up within 1 s of reconnecting, with zero gaps or duplicates.
@@ -59,9 +59,9 @@ event-loop thread and kernel share, the subscriber processes, this process, "oth
 anything else running skews every figure), plus the time the node's loop thread was runnable but
 waiting for a CPU (``schedstat``); the kernel's listen-queue overflow counters (machine-wide)
 around the connect and the reconnect -- an overflowing accept queue makes clients retransmit
-their SYN after 1 s, 3 s, 7 s...; ``--node-backlog N`` raises the node's listen backlog
-(hypercorn's default is 100) through a ``sitecustomize`` hook, no server change, to tell that
-apart from the node's own work; ``--profile OUT`` runs the node under cProfile (fanout's hook).
+their SYN after 1 s, 3 s, 7 s... (the node listens with a backlog of
+``sockudo.node.cli.LISTEN_BACKLOG``); ``--profile OUT`` runs the node under cProfile (fanout's
+hook).
 
 Prints human lines, then one JSON line with every figure.
 """
@@ -106,6 +106,7 @@ from bench.fanout import (
     rss_kib,
     text,
 )
+from sockudo.node.cli import LISTEN_BACKLOG
 from sockudo.node.replay import MAX_BUFFER_SIZE
 from tests.support.node import APP_ID, APP_KEY, NodeProcess
 
@@ -121,16 +122,6 @@ LAG_S = 0.2
 CONNECT_TIMEOUT_S = 60.0
 REPLY_TIMEOUT_S = 60.0
 
-BACKLOG_HOOK = """\
-import os
-_backlog = os.environ.get("SOCKUDO_BENCH_BACKLOG")
-if _backlog:
-    from hypercorn.config import Config
-
-    Config.backlog = int(_backlog)
-"""
-"""``--node-backlog``: part of a ``sitecustomize`` on the node's ``PYTHONPATH`` (no server
-change), as ``fanout.PROFILE_HOOK`` for ``--profile``."""
 LISTEN_COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent")
 
 
@@ -814,7 +805,7 @@ class Bench:
         reports = await self.ask_all("report", heads)
         result = self.figures(pacer, reports, snaps, t, heads, connect_s, drained_s)
         result["listen_queue"] = {
-            "backlog": args.node_backlog or 100,
+            "backlog": LISTEN_BACKLOG,
             "connect": _delta(listen["connect"], listen["connected"]),
             "reconnect": _delta(listen["reconnect"], listen["settled"]),
         }
@@ -1060,12 +1051,6 @@ def main() -> None:
     ap.add_argument("--after", type=float, default=3.0, help="publishing seconds after recovery")
     ap.add_argument("--recover-timeout", type=float, default=15.0)
     ap.add_argument("--drain-timeout", type=float, default=10.0)
-    ap.add_argument(
-        "--node-backlog",
-        type=int,
-        help="listen backlog of the node (hypercorn's default is 100), set through a "
-        "sitecustomize hook: shows how much of the reconnect time is the accept queue",
-    )
     ap.add_argument("--profile", type=Path, help="run the node under cProfile, write stats here")
     args = ap.parse_args()
     if args.subscribers < 1 or args.channels < 1 or args.rate <= 0 or args.batch < 1:
@@ -1080,15 +1065,12 @@ def main() -> None:
         )
     with tempfile.TemporaryDirectory() as d:
         env: dict[str, str] = {}
-        if args.node_backlog or args.profile:
+        if args.profile:
             hook = Path(d) / "hook"
             hook.mkdir()
-            (hook / "sitecustomize.py").write_text(BACKLOG_HOOK + "\n" + PROFILE_HOOK)
+            (hook / "sitecustomize.py").write_text(PROFILE_HOOK)
             pythonpath = os.environ.get("PYTHONPATH")
             env["PYTHONPATH"] = str(hook) + (os.pathsep + pythonpath if pythonpath else "")
-        if args.node_backlog:
-            env["SOCKUDO_BENCH_BACKLOG"] = str(args.node_backlog)
-        if args.profile:
             env["SOCKUDO_BENCH_PROFILE"] = str(args.profile.resolve())
         node = NodeProcess(Path(d) / "node", extra_env=env)
         node.start()

@@ -72,6 +72,7 @@ WEBHOOK_EVENT_TYPES = frozenset(
 LogBackend = Literal["embedded", "kafka"]
 FsyncMode = Literal["always", "interval", "never"]
 ServerRole = Literal["default", "api"]
+HttpServer = Literal["uvicorn", "hypercorn"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,9 +241,18 @@ class Settings:
     usage_enabled: bool = True
     """``/usage``, ``/stats`` and ``/operator/stats``."""
     server_role: ServerRole = "default"
+    http_server: HttpServer = "uvicorn"
+    """ASGI server of the listeners (sockudo/node/serving.py says why uvicorn by default)."""
     request_limit_in_mb: int = 10
     """HTTP body limit of the ``/apps`` POST routes (push routes have their own 1 MiB)."""
     activity_timeout: int = 120
+    websocket_auto_ping: bool = True
+    """V2 native heartbeat (spec 02 §10.1); ``False`` keeps V2 on the ``sockudo:ping`` fallback."""
+    websocket_ping_interval: int = 30
+    """Seconds; V2 pings every ``max(this, activity_timeout / 2)``. 0 = no native pings."""
+    websocket_pong_timeout: int = 30
+    """Seconds a server ping (native or ``pusher:ping``/``sockudo:ping``) may go unanswered
+    before the 4201 close (spec 01 §3.2, spec 02 §10.1)."""
     user_authentication_timeout: int = 3600
     shutdown_grace_period: int = 10
     max_connections: int = 0
@@ -533,10 +543,14 @@ _KEYS: tuple[_Key, ...] = (
     _k("debug", "debug", ("DEBUG", "DEBUG_MODE"), _parse_bool),
     _k("usage_enabled", "http_api.usage_enabled", "HTTP_API_USAGE_ENABLED", _parse_bool),
     _k("server_role", "server_role", "SOCKUDO_SERVER_ROLE", _choice_parser("default", "api")),
+    _k("http_server", "http_server", "SOCKUDO_HTTP_SERVER", _choice_parser("uvicorn", "hypercorn")),
     _k(
         "request_limit_in_mb", "http_api.request_limit_in_mb", "HTTP_API_REQUEST_LIMIT_IN_MB", _INT1
     ),
     _k("activity_timeout", "activity_timeout", "ACTIVITY_TIMEOUT", _INT1),
+    _k("websocket_auto_ping", "websocket.auto_ping", "WEBSOCKET_AUTO_PING", _parse_bool),
+    _k("websocket_ping_interval", "websocket.ping_interval", "WEBSOCKET_PING_INTERVAL", _INT0),
+    _k("websocket_pong_timeout", "websocket.pong_timeout", "WEBSOCKET_PONG_TIMEOUT", _INT1),
     _k(
         "user_authentication_timeout",
         "user_authentication_timeout",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import Final
 
 from sockudo import metrics
 from sockudo.channels import META_PREFIX, ChannelPattern, is_v2_only_target
@@ -31,6 +32,9 @@ SEND_QUEUE_FRAMES = 1024
 """Frames one socket may have waiting; a client that falls this far behind is disconnected."""
 SEND_QUEUE_CHARS = 4 * 1024 * 1024
 """Characters one socket may have waiting: bounds memory when frames are large (100 KiB each)."""
+_NO_FRAMES: Final[tuple[Frame, ...]] = ()
+"""The queue of an outbox nothing was ever queued on: shared, so a direct-mode socket (which
+writes straight to its transport) never pays for a deque of its own (~0.75 KiB each)."""
 PATTERN_CACHE_CHANNELS = 4096
 """Channels per app whose matching patterns are remembered; the cache restarts when full."""
 
@@ -60,6 +64,7 @@ class Outbox:
         "echo",
         "egress",
         "max_chars",
+        "on_close_request",
         "predicates",
         "socket_id",
     )
@@ -84,15 +89,30 @@ class Outbox:
         """V2 subscription predicates by channel (the session's own dict)."""
         self.capacity = capacity
         self.max_chars = max_chars
-        self._frames: deque[Frame] = deque()
+        # Both made on first use: most sockets never queue a frame, nor have a writer waiting.
+        self._frames: deque[Frame] | tuple[Frame, ...] = _NO_FRAMES
         self._chars = 0
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None
         self.close_request: tuple[int, str] | None = None
         self.close_cause = "disconnect"
         """Why the socket ended, as presence leaves record it (``terminated`` by the app)."""
         self._transport: Transport | None = None
         self._held: list[bytes] | None = None
         self._held_bytes = 0
+        self.on_close_request: Callable[[], object] | None = None
+        """Called once, by the first :meth:`request_close`: the edge starts its writer then."""
+
+    def _queue(self) -> deque[Frame]:
+        frames = self._frames
+        if isinstance(frames, deque):
+            return frames
+        queue: deque[Frame] = deque()
+        self._frames = queue
+        return queue
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     # --- direct mode: frames written straight to the socket's transport ----------------------
 
@@ -168,9 +188,9 @@ class Outbox:
         # An empty queue always takes one frame, so a single large frame is never refused.
         if self._frames and self._chars + len(frame) > self.max_chars:
             return False
-        self._frames.append(frame)
+        self._queue().append(frame)
         self._chars += len(frame)
-        self._wake.set()
+        self._notify()
         return True
 
     def request_close(self, code: int, reason: str, farewell: Frame | None = None) -> None:
@@ -181,12 +201,15 @@ class Outbox:
         """
         if self.close_request is None:
             self.close_request = (code, reason)
-            self._frames.clear()
+            if self._frames:
+                self._queue().clear()
             self._chars = 0
             self._held = None
             if farewell is not None:
-                self._frames.append(farewell)
-            self._wake.set()
+                self._queue().append(farewell)
+            self._notify()
+            if self.on_close_request is not None:
+                self.on_close_request()
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -194,13 +217,16 @@ class Outbox:
     def take(self) -> list[Frame]:
         """Everything queued now, oldest first."""
         frames = list(self._frames)
-        self._frames.clear()
+        if frames:
+            self._queue().clear()
         self._chars = 0
         return frames
 
     async def wait(self) -> None:
         """Until there is a frame or a close request."""
         while not self._frames and self.close_request is None:
+            if self._wake is None:
+                self._wake = asyncio.Event()
             self._wake.clear()
             await self._wake.wait()
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
-from collections.abc import Callable, MutableMapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
+from urllib.parse import parse_qsl
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocket
@@ -34,7 +36,15 @@ from sockudo.node.watchlist import Watchlists
 from sockudo.ws import direct, effects, token_auth
 from sockudo.ws.egress import V1, Egress, Frame
 from sockudo.ws.egress import v2 as v2_egress
-from sockudo.ws.session import PresenceLeave, Reply, Session
+from sockudo.ws.framing import PING_FRAME
+from sockudo.ws.heartbeat import Beat, NativeHeartbeat, ping_interval
+from sockudo.ws.session import (
+    PONG_TIMEOUT_CODE,
+    PONG_TIMEOUT_REASON,
+    PresenceLeave,
+    Reply,
+    Session,
+)
 from sockudo.ws.wire import normalize_format
 
 log = logging.getLogger(__name__)
@@ -149,7 +159,7 @@ async def websocket_v1(websocket: WebSocket) -> None:
     if refusal is not None:
         await _deny(websocket, refusal)
         return
-    params = dict(websocket.query_params)
+    params = query_params(websocket)
     protocol, problem = check_query(params)
     if problem is not None:
         await _deny(websocket, PlainTextResponse(problem, status_code=400))
@@ -181,14 +191,29 @@ async def websocket_v1(websocket: WebSocket) -> None:
     socket_id = new_socket_id(hub.has_socket)
     outbox = Outbox(socket_id, app.id, egress=egress)
     transport = direct.transport_of(websocket.scope)
+    watch: direct.InboundWatch | None = None
     if transport is not None:
         outbox.attach(transport)
+        # Control frames the server answers itself (client Pings, Pongs) count as activity.
+        watch = direct.watch_inbound(websocket.scope)
     outbox.echo = params.get("echo_messages", "true") != "false"
+    del params  # the query's strings would otherwise live as long as the socket
+    now = time.monotonic()
+    beats = None
+    if protocol == 2 and watch is not None and _native_pings(settings):
+        # Spec 02 §10.1: pings need the transport and pongs the watch; else §10.2's fallback.
+        beats = NativeHeartbeat(
+            ping_interval(settings.websocket_ping_interval, settings.activity_timeout),
+            settings.websocket_pong_timeout,
+            now,
+        )
     session = Session(
         socket_id,
         app,
         activity_timeout=settings.activity_timeout,
-        now=time.monotonic(),
+        now=now,
+        pong_timeout=settings.websocket_pong_timeout,
+        app_heartbeat=beats is None,
         user_authentication_timeout=settings.user_authentication_timeout,
         out=egress,
         recovery_enabled=_recovery_enabled(app, settings),
@@ -204,17 +229,19 @@ async def websocket_v1(websocket: WebSocket) -> None:
     )
     outbox.predicates = session.predicates
     outbox.deltas = session.deltas
+    writer = _Writer(websocket, outbox)
+    if not outbox.direct:
+        writer.start()  # it drains the queue every frame goes through
     hub.add(outbox)
     if grant is not None:
         token_auth.attach(session, outbox, hub, grant)
     metrics.connection_opened(app.id)
     outbox.offer(session.opening())
-    writer = asyncio.create_task(_write(websocket, outbox), name=f"ws-writer:{socket_id}")
     assert ctx.connections is not None
     assert ctx.watchlists is not None
     env = effects.SocketEnv(app, session, outbox, hub, ctx.connections, ctx.watchlists, ctx.hot)
     try:
-        await _read(websocket, env, writer, settings.websocket_max_payload_kb * 1024)
+        await _read(websocket, env, writer, settings.websocket_max_payload_kb * 1024, watch, beats)
     finally:
         user_id = hub.user_of(socket_id)
         hub.remove(socket_id)
@@ -225,7 +252,55 @@ async def websocket_v1(websocket: WebSocket) -> None:
         if not writer.done():
             outbox.request_close(1000, "")
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, 5)
+            await asyncio.wait_for(writer.start(), 5)
+
+
+def query_params(websocket: WebSocket) -> dict[str, str]:
+    """``dict(websocket.query_params)``, without Starlette caching its parse on the socket."""
+    query = websocket.scope["query_string"].decode("latin-1")
+    return dict(parse_qsl(query, keep_blank_values=True))
+
+
+class _Writer:
+    """The socket's only ASGI sender after admission, a task started when there is work for it.
+
+    A direct-mode socket writes its frames straight to the transport: until a close is
+    requested it has nothing to send through ASGI, and an idle socket then holds no writer
+    task, coroutines or wake-up event (~2 KiB of its footprint).
+    """
+
+    __slots__ = ("_outbox", "_task", "_websocket", "waiting")
+
+    def __init__(self, websocket: WebSocket, outbox: Outbox) -> None:
+        self._websocket = websocket
+        self._outbox = outbox
+        self._task: asyncio.Task[None] | None = None
+        self.waiting: asyncio.Timeout | None = None
+        """The read loop's wait for a frame: the writer's end expires it (see :func:`_read`)."""
+        outbox.on_close_request = self.start
+
+    def start(self) -> asyncio.Task[None]:
+        task = self._task
+        if task is None:
+            outbox = self._outbox
+            task = asyncio.create_task(
+                _write(self._websocket, outbox), name=f"ws-writer:{outbox.socket_id}"
+            )
+            task.add_done_callback(self._finished)
+            self._task = task
+        return task
+
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    def _finished(self, _task: asyncio.Task[None]) -> None:
+        waiting = self.waiting
+        if waiting is not None and not waiting.expired():
+            waiting.reschedule(asyncio.get_running_loop().time())
+
+
+def _native_pings(settings: Settings) -> bool:
+    return settings.websocket_auto_ping and settings.websocket_ping_interval > 0
 
 
 def _connect_rate_limited(limiter: IpRateLimiter | None, websocket: WebSocket) -> Response | None:
@@ -280,46 +355,67 @@ async def _leave_presence(env: effects.SocketEnv) -> None:
 async def _read(
     websocket: WebSocket,
     env: effects.SocketEnv,
-    writer: asyncio.Task[None],
+    writer: _Writer,
     max_bytes: int,
+    watch: direct.InboundWatch | None = None,
+    beats: NativeHeartbeat | None = None,
 ) -> None:
     """Inbound frames until the client leaves or the writer has closed the socket."""
     session, outbox = env.session, env.outbox
-    receiving: asyncio.Future[MutableMapping[str, Any]] | None = None
-    try:
-        while not writer.done():
-            if receiving is None:
-                receiving = asyncio.ensure_future(websocket.receive())
-            timeout = max(0.0, session.next_deadline() - time.monotonic())
-            # Waiting on the writer too ends the loop as soon as a close (fanout's 4100,
-            # shutdown's 4200, our own 4201/1009) has gone out, without polling.
-            waiting: set[asyncio.Future[Any]] = {receiving, writer}
-            done, _ = await asyncio.wait(
-                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if receiving not in done:
-                if writer not in done:
-                    await _apply(session.tick(time.monotonic()), env)
-                continue
-            message = receiving.result()
-            receiving = None
-            if message["type"] == "websocket.disconnect":
+    while not writer.done():
+        deadline = session.next_deadline()
+        if beats is not None:
+            deadline = min(deadline, beats.next_deadline())
+        timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+        # An idle socket waits here, in the endpoint's own task: no receive task and no
+        # asyncio.wait machinery per socket. The deadline, or the writer's end (a close, be it
+        # fanout's 4100, shutdown's 4200 or our own 4201/1009, has gone out), expires the wait;
+        # cancelling the receive loses nothing, the server's queue keeps the message.
+        try:
+            async with asyncio.timeout(timeout) as waiting:
+                writer.waiting = waiting
+                try:
+                    message = await websocket.receive()
+                finally:
+                    writer.waiting = None
+        except TimeoutError:
+            if not waiting.expired():
+                raise
+            if not writer.done():
+                await _tick(env, watch, beats)
+            continue
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        raw = text if isinstance(text, str) else message.get("bytes")
+        if not isinstance(raw, str | bytes):
+            continue
+        size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+        metrics.ws_received(outbox.app_id, size)
+        if size > max_bytes:
+            outbox.request_close(MESSAGE_TOO_BIG, "Message too big")
+            continue  # the writer sends the close; the loop ends when it is done
+        await _apply(session.handle(raw, time.monotonic()), env)
+
+
+async def _tick(
+    env: effects.SocketEnv, watch: direct.InboundWatch | None, beats: NativeHeartbeat | None
+) -> None:
+    """A deadline passed: the native heartbeat's (spec 02 §10.1), then the session's."""
+    session, outbox = env.session, env.outbox
+    now = time.monotonic()
+    if watch is not None:
+        session.saw_frames(watch.last_frame, watch.last_ping)
+        if beats is not None:
+            beat = beats.tick(now, watch.last_frame)
+            if beat is Beat.PING:
+                # ASGI cannot ping: write the control frame as direct mode writes data frames
+                # (refused only when closing or past the write bound, where fanout closes 4100).
+                outbox.offer_wire(PING_FRAME)
+            elif beat is Beat.TIMEOUT:
+                outbox.request_close(PONG_TIMEOUT_CODE, PONG_TIMEOUT_REASON)
                 return
-            text = message.get("text")
-            raw = text if isinstance(text, str) else message.get("bytes")
-            if not isinstance(raw, str | bytes):
-                continue
-            size = len(raw.encode()) if isinstance(raw, str) else len(raw)
-            metrics.ws_received(outbox.app_id, size)
-            if size > max_bytes:
-                outbox.request_close(MESSAGE_TOO_BIG, "Message too big")
-                continue  # the writer sends the close; the loop ends when it is done
-            await _apply(session.handle(raw, time.monotonic()), env)
-    finally:
-        if receiving is not None and not receiving.done():
-            receiving.cancel()
-            with contextlib.suppress(BaseException):
-                await receiving
+    await _apply(session.tick(now), env)
 
 
 async def _apply(reply: Reply, env: effects.SocketEnv) -> None:

@@ -12,7 +12,12 @@ from typing import Protocol, runtime_checkable
 
 TEXT = 0x1
 BINARY = 0x2
+PING = 0x9
+PONG = 0xA
 FIN = 0x80
+
+PING_FRAME = bytes((FIN | PING, 0))
+"""The server's heartbeat ping (spec 02 §10.1): no payload, since any inbound frame answers it."""
 
 
 @runtime_checkable

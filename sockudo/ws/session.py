@@ -197,6 +197,7 @@ class Session:
         rewind_enabled: bool = True,
         tag_filtering: bool = True,
         annotations_enabled: Callable[[str], bool] = lambda _channel: False,
+        app_heartbeat: bool = True,
     ) -> None:
         self.socket_id = socket_id
         self.out = out
@@ -211,12 +212,16 @@ class Session:
         """Signed-in user id (``pusher:signin``)."""
         self.last_activity = now
         self.ping_sent_at: float | None = None
+        self.app_heartbeat = app_heartbeat
+        """``pusher:ping``/``sockudo:ping`` after inactivity; off while a V2 socket runs the
+        native WebSocket heartbeat instead (sockudo/ws/heartbeat.py)."""
         # Authorized connections (spec 01 §3.10): with user authentication on, a socket must
         # sign in or join a private/presence channel before this deadline.
         self.authorize_by: float | None = (
             now + user_authentication_timeout if app.features.enable_user_authentication else None
         )
-        self._client_events: deque[float] = deque()
+        self._client_events: deque[float] | None = None
+        """Made by the first client event: most sockets never send one (a deque is ~0.75 KiB)."""
         self._presence_updates: dict[str, deque[float]] = {}
         self.recovery_enabled = recovery_enabled
         self.history_enabled = history_enabled
@@ -243,7 +248,9 @@ class Session:
     # --- deadlines --------------------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        if self.ping_sent_at is not None:
+        if not self.app_heartbeat:
+            heartbeat = float("inf")
+        elif self.ping_sent_at is not None:
             heartbeat = self.ping_sent_at + self.pong_timeout
         else:
             heartbeat = self.last_activity + self.activity_timeout
@@ -270,6 +277,8 @@ class Session:
                 del self.pending[channel]
                 frames.append(self.out.resume_failed(channel, not_attached(channel)))
             return Reply(frames=frames)
+        if not self.app_heartbeat:
+            return Reply()
         if self.ping_sent_at is not None:
             if now >= self.ping_sent_at + self.pong_timeout:
                 return Reply(close=(PONG_TIMEOUT_CODE, PONG_TIMEOUT_REASON))
@@ -278,6 +287,15 @@ class Session:
             self.ping_sent_at = now
             return Reply(frames=[self.out.ping()])
         return Reply()
+
+    def saw_frames(self, last_frame: float, last_ping: float) -> None:
+        """Frames the WebSocket layer handled without telling ASGI (control frames, spec 01 §3.2).
+
+        Any frame is activity; a WebSocket Ping also answers a pending server ping.
+        """
+        self.last_activity = max(self.last_activity, last_frame)
+        if self.ping_sent_at is not None and last_ping > self.ping_sent_at:
+            self.ping_sent_at = None
 
     def _authorized(self) -> None:
         self.authorize_by = None
@@ -783,6 +801,8 @@ class Session:
     def _take_client_event_slot(self, now: float) -> bool:
         window = float(self.app.limits.decay_seconds or 1)
         events = self._client_events
+        if events is None:
+            events = self._client_events = deque()
         while events and events[0] <= now - window:
             events.popleft()
         if len(events) >= self.app.limits.max_client_events_per_second * window:

@@ -232,16 +232,19 @@ class HistoryReads:
     a request arriving while ``limit`` are counted is refused, never queued.
     """
 
+    # One per connection, and most never read history: no instance dict, no set until a read.
+    __slots__ = ("_tasks", "closed", "limit")
+
     def __init__(self, limit: int = MAX_CONCURRENT_HISTORY) -> None:
         self.limit = limit
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) if self._tasks is not None else 0
 
     def full(self) -> bool:
-        return self.closed or len(self._tasks) >= self.limit
+        return self.closed or len(self) >= self.limit
 
     def start(self, read: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
         """Run ``read`` as a task; ``None`` (and ``read`` closed) when full or closed."""
@@ -249,6 +252,8 @@ class HistoryReads:
             read.close()
             return None
         task = asyncio.create_task(self._counted(read), name=name)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._done(done, read))
         return task
@@ -256,7 +261,8 @@ class HistoryReads:
     def _done(self, task: asyncio.Task[None], read: Coroutine[Any, Any, None]) -> None:
         # A task cancelled before its first step never ran ``_counted``: uncount it, and close
         # the read it never awaited (a no-op for one that ran).
-        self._tasks.discard(task)
+        if self._tasks is not None:
+            self._tasks.discard(task)
         read.close()
 
     async def _counted(self, read: Coroutine[Any, Any, None]) -> None:
@@ -264,7 +270,7 @@ class HistoryReads:
             await read
         finally:
             task = asyncio.current_task()
-            if task is not None:
+            if task is not None and self._tasks is not None:
                 self._tasks.discard(task)  # now, not a loop iteration later
 
     async def close(self) -> None:
@@ -274,7 +280,7 @@ class HistoryReads:
         still queued for a thread never runs.
         """
         self.closed = True
-        tasks = list(self._tasks)
+        tasks = list(self._tasks or ())
         for task in tasks:
             task.cancel()
         if tasks:

@@ -96,6 +96,21 @@ class TestDefaults:
         assert (s.idempotency_enabled, s.idempotency_ttl_seconds) == (True, 120)
         assert s.idempotency_max_key_length == 128
 
+    def test_websocket_heartbeat_defaults_and_sources(self, tmp_path: Path) -> None:
+        # Upstream Sockudo's [websocket] names; pong_timeout is this node's (upstream: fixed 30).
+        s = load()
+        assert (s.websocket_auto_ping, s.websocket_ping_interval) == (True, 30)
+        assert s.websocket_pong_timeout == 30
+        text = "[websocket]\nauto_ping = false\nping_interval = 0\npong_timeout = 5\n"
+        s = load(tmp_path, text)
+        assert (s.websocket_auto_ping, s.websocket_ping_interval) == (False, 0)
+        assert s.websocket_pong_timeout == 5
+        env = {"WEBSOCKET_PING_INTERVAL": "45", "WEBSOCKET_PONG_TIMEOUT": "10"}
+        s = load(tmp_path, text, env=env)
+        assert (s.websocket_ping_interval, s.websocket_pong_timeout) == (45, 10)
+        with pytest.raises(ConfigError, match="WEBSOCKET_PONG_TIMEOUT"):
+            load(env={"WEBSOCKET_PONG_TIMEOUT": "0"})
+
     def test_settings_constructor_matches_loaded_defaults(self) -> None:
         loaded = dataclasses.replace(load(), apps=(), dev_app_in_use=False)
         built = Settings(node_id=loaded.node_id)
