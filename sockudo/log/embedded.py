@@ -14,12 +14,13 @@ Layout of the database (its own directory, never the projection DB):
   ``start/{topic}/{p}`` → u64 log start offset (absent = 0).
 
 Durability: with ``fsync="always"`` (the default) ``append`` returns only after the record's
-``WriteBatch`` was written with ``sync=True``. Appends are group-committed: ``append`` assigns the
-offset and timestamp and adds the framed record to the open batch; one writer task hands the
-whole batch to a dedicated thread for a single synced write while the event loop keeps filling
-the next batch, then resolves every waiting append at once. A synced RocksDB write costs about
-as much for one record as for a thousand, so throughput grows with the number of concurrent
-appenders instead of being capped at the disk's fsync rate.
+``WriteBatch`` was written and the write-ahead log synced to disk (``wal_sync.py`` syncs it
+without holding the GIL, which rocksdict's ``sync=True`` write would). Appends are
+group-committed: ``append`` assigns the offset and timestamp and adds the framed record to the
+open batch; one writer task hands the whole batch to a dedicated thread for a single synced
+write while the event loop keeps filling the next batch, then resolves every waiting append at
+once. A synced write costs about as much for one record as for a thousand, so throughput grows
+with the number of concurrent appenders instead of being capped at the disk's fsync rate.
 
 rocksdict notes (0.3.29, seen in runs): a column family object or handle keeps the database and
 its lock file alive until released, so ``close`` drops all of them; iterate bounds in
@@ -55,6 +56,7 @@ from sockudo.errors import (
     UnknownTopic,
 )
 from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec, Watchdog
+from sockudo.log.wal_sync import WalSync
 
 __all__ = ["FRAME_FORMAT", "EmbeddedLog", "EmbeddedReader", "decode_frame", "encode_frame"]
 
@@ -262,8 +264,11 @@ class EmbeddedLog:
         self._topics: dict[str, _Topic] = {}
         self._readers: set[EmbeddedReader] = set()
         self._admin_lock = asyncio.Lock()
+        # Batches are written unsynced; with fsync="always" WalSync flushes the WAL afterwards
+        # without the GIL (rocksdict holds it through a synced write: see wal_sync.py).
         self._write_opts = WriteOptions()
-        self._write_opts.sync = fsync == "always"
+        self._write_opts.sync = False
+        self._wal: WalSync | None = None
         self._sync_opts = WriteOptions()
         self._sync_opts.sync = fsync != "never"
         # One thread owns every write (group commits, truncation, compaction deletes, WAL
@@ -342,6 +347,8 @@ class EmbeddedLog:
         except Exception as exc:
             raise LogUnavailable(f"cannot open embedded log at {self.path}: {exc}") from exc
         self._db = db
+        if not self.read_only and self.fsync == "always":
+            self._wal = WalSync(path)
         cf_names = set(Rdict.list_cf(path, Options(raw_mode=True)))
         if _META_CF not in cf_names:  # read-only open of a log that never had a topic
             return
@@ -421,6 +428,9 @@ class EmbeddedLog:
         if not self.read_only and self.fsync != "always" and self._failure is None:
             with contextlib.suppress(Exception):
                 db.flush_wal(True)
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
         topics = list(self._topics.values())
         self._topics.clear()
         for topic in topics:
@@ -610,9 +620,7 @@ class EmbeddedLog:
             self._inflight = pending
             assert self._db is not None
             try:
-                await loop.run_in_executor(
-                    self._writer_pool, self._db.write, batch, self._write_opts
-                )
+                await loop.run_in_executor(self._writer_pool, self._write_batch, batch)
             except Exception as exc:
                 self._fail_all(pending, exc)
                 return
@@ -634,6 +642,13 @@ class EmbeddedLog:
             for topic in touched:
                 if topic.waiters:
                     topic.wake_readers()
+
+    def _write_batch(self, batch: WriteBatch) -> None:
+        """Write a group commit and, with ``fsync="always"``, sync it (the writer thread)."""
+        assert self._db is not None
+        self._db.write(batch, self._write_opts)
+        if self._wal is not None:
+            self._wal.sync()
 
     def _fail_all(self, written: list[_Pending], exc: Exception) -> None:
         """A batch write failed: the log stops accepting appends until it is reopened.
