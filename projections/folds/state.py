@@ -256,11 +256,15 @@ class HistoryRow:
         )
 
 
+_ITEM_LEN = slice(_ROW.size - 4, _ROW.size)
+_NO_ITEM = bytes(4)
+
+
 def stored_item(raw: bytes) -> bytes | None:
     """The HTTP history item a stored row carries whole, or ``None``."""
-    if _ROW.unpack_from(raw)[3]:
-        return raw[_ROW.size :]
-    return None
+    if raw[_ITEM_LEN] == _NO_ITEM:
+        return None
+    return raw[_ROW.size :]
 
 
 CACHE_TTL_MS = 3_600_000

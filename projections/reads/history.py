@@ -207,12 +207,18 @@ def _select(
                 lo = max(lo, after + 1)
         start_key = gen + keys.u64(lo)
         end_key = gen + keys.u64(hi + 1) if hi is not None else keys.prefix_end(gen)
-        scan = kv.scan(keys.HISTORY, start_key, end_key, reverse=newest_first)
         # One row past the limit tells whether there is a next page.
         start_ms, end_ms = query.start_time_ms, query.end_time_ms
-        if start_ms is None and end_ms is None:
+        window = None
+        if newest_first and start_ms is None and end_ms is None:
+            window = _newest_window(kv, gen, head, lo, hi, query.limit + 1)
+        if window is not None:
+            rows = window
+        elif start_ms is None and end_ms is None:
+            scan = kv.scan(keys.HISTORY, start_key, end_key, reverse=newest_first)
             rows = list(islice(scan, query.limit + 1))
         else:
+            scan = kv.scan(keys.HISTORY, start_key, end_key, reverse=newest_first)
             for pair in scan:
                 ts = _U64.unpack_from(pair[1])[0]  # a row starts with its published_at_ms
                 if start_ms is not None and ts < start_ms:
@@ -230,6 +236,27 @@ def _select(
     if has_more:
         del rows[query.limit :]
     return _Rows(head, state, rows, serial_at, has_more)
+
+
+def _newest_window(
+    kv: KVReader, gen: bytes, head: StreamHead, lo: int, hi: int | None, count: int
+) -> list[tuple[bytes, bytes]] | None:
+    """The first ``count`` rows of a newest-first scan of ``[lo, hi]``, read forwards.
+
+    Stepping a RocksDB iterator backwards costs a search per row (the memtable is a skip
+    list); rows hold consecutive serials, so the page is usually the ``count`` serials below
+    the top, read in key order and reversed. ``None`` when that window is not complete (a gap
+    left by a purge, say): the caller then scans backwards.
+    """
+    top = head.newest_serial if hi is None else min(hi, head.newest_serial or 0)
+    if top is None or top < lo:
+        return None
+    first = max(lo, top - count + 1)
+    window = list(kv.scan(keys.HISTORY, gen + keys.u64(first), gen + keys.u64(top + 1)))
+    if len(window) != top - first + 1:
+        return None
+    window.reverse()
+    return window
 
 
 def _envelope(app_id: str, channel: str, query: HistoryQuery, page: _Rows) -> dict[str, Any]:

@@ -293,3 +293,35 @@ def test_history_rows_round_trip_with_and_without_their_item() -> None:
         assert HistoryRow.decode(raw) == row
         assert HistoryRow.decode(raw).size == len(message)
         assert stored_item(raw) == (prefix + message + b"}" if prefix else None)
+
+
+@pytest.mark.parametrize("missing", [None, 8, 10, 3])
+def test_newest_first_pages_read_forwards_match_a_backward_scan(missing: int | None) -> None:
+    # Pages are read as a forward window below the top when its serials are all there; a
+    # gap (a row deleted under the page) falls back to scanning backwards. Same rows either way.
+    kv = MemoryKV()
+    fold_all(kv, [publish(i) for i in range(12)])
+    head = history.read_head(kv, APP, CHANNEL)
+    assert head is not None
+    ck = keys.channel_prefix(APP, CHANNEL)
+    if missing is not None:
+        kv.delete(keys.HISTORY, keys.history_key(ck, head.generation, missing))
+    gen = keys.history_gen_prefix(ck, head.generation)
+    expected = [
+        keys.read_u64(k, len(gen))
+        for k, _ in kv.scan(keys.HISTORY, gen, keys.prefix_end(gen), reverse=True)
+    ]
+    serials: list[int] = []
+    cursor = None
+    while True:
+        page = json.loads(
+            read_page_json(
+                kv, APP, CHANNEL, HistoryQuery(limit=4, cursor=cursor), stall=None, node_id="n"
+            )
+        )
+        serials += [item["serial"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            break
+    assert serials == expected
+    assert len(serials) == (12 if missing is None else 11)
