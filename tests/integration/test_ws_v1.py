@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -221,6 +222,33 @@ async def test_server_ping_after_inactivity_and_4200_on_shutdown(tmp_path: Path)
             assert await stopping == 0
     finally:
         node.kill()
+
+
+async def test_every_socket_gets_4200_on_shutdown(tmp_path: Path) -> None:
+    # The server closes what is still open with its own code once the listener stops, so the
+    # node lets its 4200 closes go out first; with many sockets none may get the server's.
+    node = NodeProcess(tmp_path / "node")
+    node.start()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = [await stack.enter_async_context(connect(ws_url(node))) for _ in range(200)]
+            for ws in sockets:
+                await established(ws)
+            stopping = asyncio.create_task(asyncio.to_thread(node.stop))
+            codes = [await _close_code(ws) for ws in sockets]
+            assert codes == [4200] * len(sockets)
+            assert await stopping == 0
+    finally:
+        node.kill()
+
+
+async def _close_code(ws: ClientConnection) -> int | None:
+    """The code the server closed ``ws`` with, after whatever frames came before it."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else None
 
 
 async def _rejected_with(ws: ClientConnection) -> int:
