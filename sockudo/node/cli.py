@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -120,9 +121,8 @@ async def run_node(settings: Settings) -> None:
         hub.close_all(4200, "Server shutting down")
         # uvicorn closes whatever is still open with 1012 as soon as this returns: let the
         # 4200 closes go out first (they leave the hub once written), within the grace period.
-        deadline = loop.time() + settings.shutdown_grace_period
-        while hub.connection_count() and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hub.wait_empty(), settings.shutdown_grace_period)
 
     # A node's clients reconnect all at once after a network blip or a restart: a default
     # accept queue of 100 overflows, and refused SYNs retry only after 1, 3, 7 s...

@@ -255,6 +255,7 @@ class Hub:
         """Set by fanout: sends the ``[meta]`` frames of a subscription count change."""
         self.tokens = TokenSockets()
         """Sockets authenticated by a capability token (spec 02 §11)."""
+        self._emptied: asyncio.Event | None = None
 
     # --- sockets ----------------------------------------------------------------------------
 
@@ -286,7 +287,17 @@ class Hub:
             self._per_app[outbox.app_id] = left
         else:
             del self._per_app[outbox.app_id]
+        if not self._sockets and self._emptied is not None:
+            self._emptied.set()
         return channels
+
+    async def wait_empty(self) -> None:
+        """Until the last socket has left (shutdown waits for its closes to go out)."""
+        if not self._sockets:
+            return
+        if self._emptied is None or self._emptied.is_set():
+            self._emptied = asyncio.Event()
+        await self._emptied.wait()
 
     def close_all(self, code: int, reason: str) -> int:
         """Ask every socket to close (shutdown: 4200, spec 01 §2.4); returns how many."""
