@@ -16,8 +16,9 @@ channel are computed once and cached until the app's set of patterns changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from sockudo import metrics
@@ -174,6 +175,20 @@ class Outbox:
             return False
         transport.write(held[0] if len(held) == 1 else b"".join(held))
         return True
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Frames offered inside go out in one write (direct mode; synchronous code only).
+
+        A replay is a burst of frames for one socket: one ``write`` system call instead of one
+        per frame. Past the send bound the socket is closed with 4100, as for a refused frame.
+        """
+        held = self.hold()
+        try:
+            yield
+        finally:
+            if held and not self.release():
+                self.request_close(4100, "Over capacity")
 
     def offer(self, frame: Frame) -> bool:
         """Enqueue ``frame``; ``False`` when full or closing (the frame is dropped)."""

@@ -38,6 +38,13 @@ def attach(
     env: SocketEnv, channel: str, data: dict[str, Any] | None, rewind: Rewind | None
 ) -> None:
     """Success frame at the current position, then a pending resume or the rewind."""
+    with env.outbox.batch():  # the success frame and a replay: one write
+        _attach(env, channel, data, rewind)
+
+
+def _attach(
+    env: SocketEnv, channel: str, data: dict[str, Any] | None, rewind: Rewind | None
+) -> None:
     services = env.connections.channels
     stream_id, head, attach_serial = services.attach_position(env.app, channel)
     if rewind is not None and not services.stream_healthy(env.app, channel):
@@ -88,6 +95,11 @@ def attach(
 
 def resume(env: SocketEnv, positions: dict[str, recovery.Position]) -> None:
     """Replay attached channels now; park the others until they are subscribed (§7.5, §7.6)."""
+    with env.outbox.batch():  # every replayed frame and resume_success: one write
+        _resume(env, positions)
+
+
+def _resume(env: SocketEnv, positions: dict[str, recovery.Position]) -> None:
     summaries: list[tuple[str, dict[str, Any]]] = []
     pending: list[str] = []
     deadline = time.monotonic() + RESUME_PENDING_TTL_S

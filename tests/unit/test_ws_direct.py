@@ -181,3 +181,36 @@ async def test_held_batches_to_a_socket_that_stops_reading_close_it_with_4100(pe
     assert box.close_request == (4100, "Over capacity")
     assert fanout.slow_closed == 1
     assert peer.transport.get_write_buffer_size() <= 64 * 1024
+
+
+async def test_a_batch_of_frames_leaves_in_one_write(peer: Peer) -> None:
+    box = Outbox("1.1", APP_ID)
+    box.attach(peer.transport)
+    writes: list[bytes] = []
+    real_write = peer.transport.write
+
+    def spy(data: Any) -> None:
+        writes.append(bytes(data))
+        real_write(data)
+
+    peer.transport.write = spy  # type: ignore[method-assign]
+    with box.batch():
+        for n in range(5):
+            assert box.offer(f'{{"n":{n}}}')
+        assert writes == []  # held until the batch ends
+    assert len(writes) == 1
+    assert decode(await peer.read_all()) == [f'{{"n":{n}}}' for n in range(5)]
+    with box.batch():  # nothing offered: nothing written
+        pass
+    assert len(writes) == 1
+
+
+async def test_a_batch_refuses_the_frame_that_would_pass_the_send_bound(peer: Peer) -> None:
+    # The caller closes the socket with 4100 on a refusal (streams._send_result does).
+    box = Outbox("1.1", APP_ID, max_chars=1000)
+    box.attach(peer.transport)
+    with box.batch():
+        assert box.offer("x" * 600)
+        assert not box.offer("y" * 600)  # refused while held: the batch would pass the bound
+    assert box.close_request is None  # what was held fits and was written
+    assert decode(await peer.read_all()) == ["x" * 600]
