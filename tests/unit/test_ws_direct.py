@@ -97,6 +97,19 @@ async def peer() -> AsyncIterator[Peer]:
     client_sock.close()
 
 
+def spy_writes(peer: Peer) -> list[bytes]:
+    """Every ``write`` to the peer's transport from now on, still passed through."""
+    writes: list[bytes] = []
+    real_write = peer.transport.write
+
+    def spy(data: Any) -> None:
+        writes.append(bytes(data))
+        real_write(data)
+
+    peer.transport.write = spy  # type: ignore[method-assign]
+    return writes
+
+
 async def test_direct_outbox_writes_frames_in_order(peer: Peer) -> None:
     box = Outbox("1.1", APP_ID)
     box.attach(peer.transport)
@@ -115,14 +128,7 @@ async def test_fanout_shares_one_encoding_and_coalesces_a_batch(peer: Peer) -> N
     for box in (direct, queued):
         hub.add(box)
         hub.subscribe(box.socket_id, "orders")
-    writes: list[bytes] = []
-    real_write = peer.transport.write
-
-    def spy(data: Any) -> None:
-        writes.append(bytes(data))
-        real_write(data)
-
-    peer.transport.write = spy  # type: ignore[method-assign]
+    writes = spy_writes(peer)
     Fanout(hub).deliver([delivery(n=1), delivery(n=2), delivery(channel="other", n=3)])
     # Two messages for this socket in one fold batch leave in one write.
     assert len(writes) == 1
@@ -186,14 +192,7 @@ async def test_held_batches_to_a_socket_that_stops_reading_close_it_with_4100(pe
 async def test_a_batch_of_frames_leaves_in_one_write(peer: Peer) -> None:
     box = Outbox("1.1", APP_ID)
     box.attach(peer.transport)
-    writes: list[bytes] = []
-    real_write = peer.transport.write
-
-    def spy(data: Any) -> None:
-        writes.append(bytes(data))
-        real_write(data)
-
-    peer.transport.write = spy  # type: ignore[method-assign]
+    writes = spy_writes(peer)
     with box.batch():
         for n in range(5):
             assert box.offer(f'{{"n":{n}}}')
