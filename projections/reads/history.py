@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import islice
+from types import MappingProxyType
 from typing import Any
 
 from projections.folds.state import (
     HEALTHY,
-    HISTORY_ITEM_PREFIX,
     RESET_REQUIRED,
     HistoryRow,
     StreamHead,
@@ -128,7 +130,10 @@ def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid_input", message)
 
 
-def decode_cursor(cursor: str) -> dict[str, Any]:
+@functools.lru_cache(maxsize=256)
+def decode_cursor(cursor: str) -> Mapping[str, Any]:
+    """The payload of a cursor; remembered, as the handler validates it before the read uses it
+    (errors are not cached: a bad cursor is checked again each time)."""
     if len(cursor.encode()) > MAX_CURSOR_BYTES:
         raise _invalid("History cursor exceeds 16 KiB")
     try:
@@ -140,7 +145,7 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         raise _invalid("Invalid history cursor: malformed payload")
     if data.get("version") != 1:
         raise _invalid(f"Unsupported history cursor version: {data.get('version')}")
-    return data
+    return MappingProxyType(data)
 
 
 @dataclass(slots=True)
@@ -248,8 +253,11 @@ def _newest_window(
     the top, read in key order and reversed. ``None`` when that window is not complete (a gap
     left by a purge, say): the caller then scans backwards.
     """
-    top = head.newest_serial if hi is None else min(hi, head.newest_serial or 0)
-    if top is None or top < lo:
+    newest = head.newest_serial
+    if newest is None:
+        return None
+    top = newest if hi is None else min(hi, newest)
+    if top < lo:
         return None
     first = max(lo, top - count + 1)
     window = list(kv.scan(keys.HISTORY, gen + keys.u64(first), gen + keys.u64(top + 1)))
@@ -310,23 +318,23 @@ def read_page(
     """One page of ``GET …/history``; raises ``StreamNotHealthy`` or ``ApiError(400)``."""
     page = _select(kv, app_id, channel, query, stall, node_id)
     stream_id = page.head.stream_id if page.head else None
-    items: list[dict[str, Any]] = []
-    for key, raw in page.rows:
-        row = HistoryRow.decode(raw)
-        message = row.message  # parsed once: the property decodes on every access
-        items.append(
-            {
-                "stream_id": stream_id,
-                "serial": page.serial(key),
-                "published_at_ms": row.published_at_ms,
-                "message_id": message.get("message_id"),
-                "event_name": message.get("event"),
-                "operation_kind": "append",
-                "payload_size_bytes": row.size,
-                "message": message,
-            }
-        )
+    items = [_item(stream_id, page.serial(key), HistoryRow.decode(raw)) for key, raw in page.rows]
     return {"items": items, **_envelope(app_id, channel, query, page)}
+
+
+def _item(stream_id: str | None, serial: int, row: HistoryRow) -> dict[str, Any]:
+    """One page item decoded from its row (the fold stores the same item rendered)."""
+    message = row.message  # parsed once: the property decodes on every access
+    return {
+        "stream_id": stream_id,
+        "serial": serial,
+        "published_at_ms": row.published_at_ms,
+        "message_id": message.get("message_id"),
+        "event_name": message.get("event"),
+        "operation_kind": "append",
+        "payload_size_bytes": row.size,
+        "message": message,
+    }
 
 
 _RESPONSE_ENCODER = json.JSONEncoder(
@@ -359,7 +367,7 @@ def read_page_json(
     takes the decode/encode round trip.
     """
     page = _select(kv, app_id, channel, query, stall, node_id)
-    stream_id = render_json(page.head.stream_id if page.head else None)
+    stream_id = page.head.stream_id if page.head else None
     items: list[bytes] = []
     append = items.append
     for key, raw in page.rows:
@@ -369,24 +377,9 @@ def read_page_json(
     return b'{"items":[' + b",".join(items) + b"]," + rest[1:]
 
 
-def _round_trip(raw: bytes, stream_id: bytes, serial: int) -> bytes:
+def _round_trip(raw: bytes, stream_id: str | None, serial: int) -> bytes:
     """One rendered item by decoding the stored message and encoding it again."""
-    row = HistoryRow.decode(raw)
-    message = json.loads(row.message_json)
-    return b"%b%b}" % (
-        (
-            HISTORY_ITEM_PREFIX
-            % (
-                stream_id.decode(),
-                serial,
-                row.published_at_ms,
-                render_json(message.get("message_id")).decode(),
-                render_json(message.get("event")).decode(),
-                len(row.message_json),
-            )
-        ).encode(),
-        render_json(message),
-    )
+    return render_json(_item(stream_id, serial, HistoryRow.decode(raw)))
 
 
 def _truncated_by_retention(head: StreamHead | None, q: HistoryQuery) -> bool:

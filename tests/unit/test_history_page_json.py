@@ -89,7 +89,7 @@ class _Counting:
         self.calls = 0
         original = history._round_trip
 
-        def counted(raw: bytes, stream_id: bytes, serial: int) -> bytes:
+        def counted(raw: bytes, stream_id: str | None, serial: int) -> bytes:
             self.calls += 1
             return original(raw, stream_id, serial)
 
