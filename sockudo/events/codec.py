@@ -7,7 +7,8 @@ travels in the ``sk.schema`` header and the event type in ``sk.type`` (spec 05 Â
 resolves the writer's version into the family's current schema, so old bytes decode into the
 current dataclass with defaults for newer fields. Bytes of the current version are read by a
 reader generated once per family (``sockudo.events.fastdecode``: what fastavro reads, without
-its per-field dispatch). What cannot be decoded raises a ``CodecError`` subclass, never a skip:
+its per-field dispatch), and written by its twin (``fastencode``). What cannot be decoded
+raises a ``CodecError`` subclass, never a skip:
 
 - ``UnknownSchema``: the family is not one this node ships;
 - ``UnknownSchemaVersion``: the version byte names no released version of the family;
@@ -39,7 +40,7 @@ from sockudo.errors import (
     UnknownSchema,
     UnknownSchemaVersion,
 )
-from sockudo.events import fastdecode, mapping
+from sockudo.events import fastdecode, fastencode, mapping
 from sockudo.events.catalog import EVENT_CLASSES, Event
 
 __all__ = [
@@ -204,6 +205,7 @@ class _Family:
         "type",
         "type_bytes",
         "version",
+        "write",
         "writers",
     )
 
@@ -224,6 +226,12 @@ class _Family:
         except TypeError:  # a field type the generator does not know: fastavro reads it
             self.fast = None
         self.to_dict: Callable[[Event], dict[str, Any]] = mapping.to_dict(cls)
+        self.write: Callable[[Event], bytes] | None
+        """Writes the current version (``version`` byte included)."""
+        try:
+            self.write = fastencode.writer(cls, self.prefix)
+        except TypeError:  # a field type the generator does not know: fastavro writes it
+            self.write = None
         self.headers: tuple[tuple[str, bytes], ...] = (
             (HEADER_TYPE, self.type_bytes),
             (HEADER_SCHEMA, self.name.encode()),
@@ -272,6 +280,13 @@ class Codec:
         fam = self._by_class.get(type(event))
         if fam is None:
             raise UnknownSchema(f"{type(event).__qualname__} is not an event class")
+        write = fam.write
+        if write is not None:
+            # The common case: a writer generated for exactly this layout (``fastencode``).
+            try:
+                return EncodedEvent(fam.type, fam.name, write(event), fam.headers)
+            except Exception as exc:
+                raise CodecError(f"cannot encode {fam.name}: {exc}") from exc
         out = io.BytesIO()
         out.write(fam.prefix)
         try:
