@@ -40,6 +40,7 @@ from projections.folds.state import (
     json_str,
     new_delivery,
     new_outcome,
+    presence_stream_id,
 )
 from projections.store import keys
 from projections.store.kv import KV
@@ -500,16 +501,19 @@ def _mark_state(state: ChannelState, ctx: RecordContext, ev: StreamStateMarked) 
 
 
 def _rebase(state: ChannelState, ctx: RecordContext, ev: PartitionRebased) -> FoldResult:
-    """Every channel of this partition starts a new generation with a derivable stream id."""
+    """Every channel of this partition starts a new generation with a derivable stream id:
+    its message stream and its presence-history stream (their continuity is equally unproven);
+    live presence membership stays."""
     state.flush()
+    kv = state.kv
     rebased = 0
-    for ck, _raw in list(state.kv.scan(keys.STREAMS, b"", b"\xff")):
+    for ck, _raw in list(kv.scan(keys.STREAMS, b"", b"\xff")):
         if ctx.partitioner(ck[:-1], ctx.partitions) != ctx.partition:
             continue
         app_id, channel = keys.split_channel_prefix(ck)
         old = state.head(ck)
         assert old is not None
-        delete_generation(state.kv, ck, old.generation)
+        delete_generation(kv, ck, old.generation)
         state.set_head(
             ck,
             StreamHead(
@@ -519,7 +523,23 @@ def _rebase(state: ChannelState, ctx: RecordContext, ev: PartitionRebased) -> Fo
             ),
         )
         rebased += 1
-    return FoldResult(Outcome(kind=REBASED, details={"channels": rebased}))
+    presence = 0
+    for ck, raw in list(kv.scan(keys.PSTREAMS, b"", b"\xff")):
+        if ctx.partitioner(ck[:-1], ctx.partitions) != ctx.partition:
+            continue
+        app_id, channel = keys.split_channel_prefix(ck)
+        old = StreamHead.decode(raw)
+        delete_generation(kv, ck, old.generation, (keys.PRESENCE_HIST,))
+        head = StreamHead(
+            stream_id=presence_stream_id(ev.event_id, app_id, channel),
+            generation=old.generation + 1,
+            last_transition_at_ms=ctx.timestamp_ms,
+        )
+        kv.put(keys.PSTREAMS, ck, head.encode())
+        presence += 1
+    return FoldResult(
+        Outcome(kind=REBASED, details={"channels": rebased, "presence_channels": presence})
+    )
 
 
 # --- dedupe and pruning --------------------------------------------------------------------

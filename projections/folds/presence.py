@@ -15,7 +15,6 @@ Deterministic like the channel fold: everything comes from the record and its lo
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from projections.folds.channel import (
@@ -45,6 +44,7 @@ from projections.folds.state import (
     Outcome,
     StreamHead,
     dumps,
+    presence_stream_id,
 )
 from projections.store import keys
 from projections.store.kv import KV
@@ -396,7 +396,7 @@ def _record(
     if head is None:
         app_id, channel = keys.split_channel_prefix(ck)
         seed = event_id or f"{ctx.partition}:{ctx.offset}"
-        head = StreamHead(stream_id=_presence_stream_id(seed, app_id, channel), generation=1)
+        head = StreamHead(stream_id=presence_stream_id(seed, app_id, channel), generation=1)
     p = head.next_h
     ts = ctx.timestamp_ms
     transition = {
@@ -415,15 +415,6 @@ def _record(
     apply_retention(kv, keys.PRESENCE_HIST, ck, head, retention, ts)
     kv.put(keys.PSTREAMS, ck, head.encode())
     return p
-
-
-def _presence_stream_id(seed: str, app_id: str, channel: str) -> str:
-    """First presence generation: UUIDv5 of the opening record, distinct from the message stream."""
-    try:
-        namespace = uuid.UUID(seed)
-    except ValueError:
-        namespace = uuid.uuid5(uuid.NAMESPACE_URL, seed)
-    return str(uuid.uuid5(namespace, f"presence\x00{app_id}\x00{channel}"))
 
 
 def _reset(kv: KV, ctx: RecordContext, ev: PresenceHistoryReset) -> FoldResult:

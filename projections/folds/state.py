@@ -10,6 +10,7 @@ import dataclasses
 import json
 import json.encoder
 import struct
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -66,6 +67,16 @@ def fast_constructor(cls: type[_T]) -> Callable[..., _T]:
 
 # StreamHead layout: u32 generation, then 12 i64 numbers (-1 = None), then the three strings
 # (stream_id, durable_state, reason) each as u16 length + UTF-8 (0xFFFF = None).
+def presence_stream_id(seed: str, app_id: str, channel: str) -> str:
+    """A presence-history generation's stream id: UUIDv5 of the record that opens it (its
+    event id, or ``seed`` text when it has none), distinct from the message stream's."""
+    try:
+        namespace = uuid.UUID(seed)
+    except ValueError:
+        namespace = uuid.uuid5(uuid.NAMESPACE_URL, seed)
+    return str(uuid.uuid5(namespace, f"presence\x00{app_id}\x00{channel}"))
+
+
 _HEAD_NUMS = struct.Struct(">I12q")
 _U16 = struct.Struct(">H")
 _NONE16 = 0xFFFF

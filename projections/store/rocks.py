@@ -30,7 +30,7 @@ from projections.store import keys
 
 _CKPT = struct.Struct(">QqI")
 
-FOLD_VERSION = 6
+FOLD_VERSION = 7
 """Bump whenever fold output changes: a projection written by another version is rebuilt."""
 
 

@@ -36,16 +36,24 @@ from projections.folds.state import (
     MEMBER_UPDATED,
     NODE_DEAD,
     PRESENCE_RESET,
+    REBASED,
     TERMINATED,
     UPDATED,
     HistoryRow,
     StreamHead,
+    presence_stream_id,
 )
 from projections.reads.cache import CachedFrame, cached
 from projections.reads.presence import Member, member, members, occupied_channels, user_count
 from projections.store import keys
 from projections.store.kv import KV, MemoryKV, Overlay
-from sockudo.events.channel import Flags, MessagePublished, Origin, Retention
+from sockudo.events.channel import (
+    Flags,
+    MessagePublished,
+    Origin,
+    PartitionRebased,
+    Retention,
+)
 from sockudo.events.presence import (
     NodeDeclaredDead,
     PresenceEvent,
@@ -63,7 +71,7 @@ A = "node-a/1700000000000-0a0a"
 B = "node-b/1700000000001-0b0b"
 T0 = 1_700_000_000_000
 
-Event = PresenceEvent | UserConnectionsTerminated | MessagePublished
+Event = PresenceEvent | UserConnectionsTerminated | MessagePublished | PartitionRebased
 
 
 # --- event builders ------------------------------------------------------------------------
@@ -203,7 +211,9 @@ class Log:
         self._last_ts: dict[int, int] = {}
 
     def partition_of(self, event: Event) -> int:
-        assert not isinstance(event, NodeDeclaredDead), "node.dead needs an explicit partition"
+        assert not isinstance(event, (NodeDeclaredDead, PartitionRebased)), (
+            "partition markers need an explicit partition"
+        )
         return partition_for(channel_key(event.app_id, event.channel), self.partitions)
 
     def append(self, event: Event, partition: int | None = None) -> Rec:
@@ -803,6 +813,38 @@ def test_history_reset_starts_a_new_generation_and_keeps_live_membership() -> No
     # A surviving connection of a kept member still counts.
     assert proj.fold(leave("u2", "1.2")).deliveries == ()
     assert [d.kind for d in proj.fold(leave("u2", "1.3")).deliveries] == [MEMBER_REMOVED]
+
+
+def test_partition_rebase_restarts_presence_history_of_that_partition_only() -> None:
+    proj = Projection(partitions=2)
+    rebased, other = channel_in_partition(0, 2), channel_in_partition(1, 2)
+    for channel in (rebased, other):
+        proj.fold(join("u1", "1.1", channel=channel, info={"a": 1}))
+        proj.fold(join("u2", "1.2", channel=channel))
+    members_before = members(proj.kv, APP, rebased)
+    other_before = (presence_head(proj.kv, other), history(proj.kv, other))
+    old = presence_head(proj.kv, rebased)
+    assert old is not None
+
+    rebase = PartitionRebased(event_id=_id(), origin=Origin(node=A))
+    result = proj.fold(rebase, partition=0)
+
+    assert result.outcome.kind == REBASED
+    assert result.outcome.details["presence_channels"] == 1
+    head = presence_head(proj.kv, rebased)
+    assert head is not None
+    assert head.stream_id == presence_stream_id(rebase.event_id, APP, rebased)
+    assert head.stream_id != old.stream_id
+    assert (head.generation, head.next_h, head.retained_count) == (old.generation + 1, 1, 0)
+    assert head.last_transition_at_ms == proj.last.timestamp_ms
+    assert history(proj.kv, rebased) == []
+    assert members(proj.kv, APP, rebased) == members_before
+    assert (presence_head(proj.kv, other), history(proj.kv, other)) == other_before
+
+    # The next edge is serial 1 of the new generation, under the derived stream id.
+    removed = proj.fold(leave("u1", "1.1", channel=rebased))
+    assert removed.outcome.details["presence_serial"] == 1
+    assert [row["stream_id"] for row in transitions(proj.kv, rebased)] == [head.stream_id]
 
 
 def test_history_reset_of_a_channel_without_history() -> None:
