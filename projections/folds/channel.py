@@ -507,10 +507,7 @@ def _rebase(state: ChannelState, ctx: RecordContext, ev: PartitionRebased) -> Fo
     state.flush()
     kv = state.kv
     rebased = 0
-    for ck, _raw in list(kv.scan(keys.STREAMS, b"", b"\xff")):
-        if ctx.partitioner(ck[:-1], ctx.partitions) != ctx.partition:
-            continue
-        app_id, channel = keys.split_channel_prefix(ck)
+    for ck, _raw, app_id, channel in _heads_of_partition(kv, keys.STREAMS, ctx):
         old = state.head(ck)
         assert old is not None
         delete_generation(kv, ck, old.generation)
@@ -524,10 +521,7 @@ def _rebase(state: ChannelState, ctx: RecordContext, ev: PartitionRebased) -> Fo
         )
         rebased += 1
     presence = 0
-    for ck, raw in list(kv.scan(keys.PSTREAMS, b"", b"\xff")):
-        if ctx.partitioner(ck[:-1], ctx.partitions) != ctx.partition:
-            continue
-        app_id, channel = keys.split_channel_prefix(ck)
+    for ck, raw, app_id, channel in _heads_of_partition(kv, keys.PSTREAMS, ctx):
         old = StreamHead.decode(raw)
         delete_generation(kv, ck, old.generation, (keys.PRESENCE_HIST,))
         head = StreamHead(
@@ -540,6 +534,16 @@ def _rebase(state: ChannelState, ctx: RecordContext, ev: PartitionRebased) -> Fo
     return FoldResult(
         Outcome(kind=REBASED, details={"channels": rebased, "presence_channels": presence})
     )
+
+
+def _heads_of_partition(kv: KV, cf: str, ctx: RecordContext) -> list[tuple[bytes, bytes, str, str]]:
+    """``(channel prefix, head, app_id, channel)`` of every stream head in ``cf`` whose channel
+    is in the record's partition (a snapshot: the caller rewrites them)."""
+    out = []
+    for ck, raw in kv.scan(cf, b"", b"\xff"):
+        if ctx.partitioner(ck[:-1], ctx.partitions) == ctx.partition:
+            out.append((ck, raw, *keys.split_channel_prefix(ck)))
+    return out
 
 
 # --- dedupe and pruning --------------------------------------------------------------------

@@ -25,6 +25,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from sockudo.events.codegen import Source
 from sockudo.events.mapping import _fields, _Kind
 
 __all__ = ["reader"]
@@ -74,28 +75,26 @@ def _bad_length(n: int, p: int, size: int) -> ValueError:
     return ValueError(f"length {n} at {p} runs past the end ({size} bytes)")
 
 
-class _Gen:
+class _Gen(Source):
     """Source of one reader function and the namespace it runs in."""
 
     def __init__(self) -> None:
-        self.ns: dict[str, Any] = {
-            "__builtins__": {"range": range, "tuple": tuple, "ValueError": ValueError, "len": len},
-            "_new": object.__new__,
-            "_varint": _varint,
-            "_union_index": _union_index,
-            "_bad_length": _bad_length,
-            "_double": struct.Struct("<d").unpack_from,
-            "_zigzag": _ZIGZAG,
-        }
-        self.lines: list[str] = []
-        self.n = 0
-
-    def tmp(self, stem: str) -> str:
-        self.n += 1
-        return f"{stem}{self.n}"
-
-    def emit(self, ind: int, line: str) -> None:
-        self.lines.append("    " * ind + line)
+        super().__init__(
+            {
+                "__builtins__": {
+                    "range": range,
+                    "tuple": tuple,
+                    "ValueError": ValueError,
+                    "len": len,
+                },
+                "_new": object.__new__,
+                "_varint": _varint,
+                "_union_index": _union_index,
+                "_bad_length": _bad_length,
+                "_double": struct.Struct("<d").unpack_from,
+                "_zigzag": _ZIGZAG,
+            }
+        )
 
     # --- values ------------------------------------------------------------------------------
 
@@ -226,13 +225,11 @@ def reader(cls: type) -> Callable[[bytes], Any]:
     gen = _Gen()
     gen.record(cls, "o", 1)
     name = f"_read_{cls.__name__}"
-    src = (
-        f"def {name}(b):\n"
-        "    size = len(b)\n"
-        "    p = 1\n" + "".join(line + "\n" for line in gen.lines) + "    if p != size:\n"
-        "        raise ValueError(f'{size - p} trailing bytes after the record')\n"
-        "    return o\n"
-    )
-    exec(compile(src, f"<sockudo.events.fastdecode {name}>", "exec"), gen.ns)
-    fn: Callable[[bytes], Any] = gen.ns[name]
+    head = [f"def {name}(b):", "    size = len(b)", "    p = 1"]
+    tail = [
+        "    if p != size:",
+        "        raise ValueError(f'{size - p} trailing bytes after the record')",
+        "    return o",
+    ]
+    fn: Callable[[bytes], Any] = gen.compile(name, head, tail, "sockudo.events.fastdecode")
     return fn

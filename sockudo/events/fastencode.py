@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from sockudo.events.codegen import Source
 from sockudo.events.mapping import _fields, _Kind
 
 __all__ = ["writer"]
@@ -43,25 +44,23 @@ def _long(n: int) -> bytes:
     return bytes(out)
 
 
-class _Gen:
+def _bad(value: object, cls: type) -> TypeError:
+    return TypeError(f"expected {cls.__name__}, got {type(value).__name__}")
+
+
+class _Gen(Source):
     """Source of one writer function and the namespace it runs in."""
 
     def __init__(self) -> None:
-        self.ns: dict[str, Any] = {
-            "__builtins__": {"len": len, "bytes": bytes, "bytearray": bytearray},
-            "_long": _long,
-            "_small": _SMALL,
-            "_double": struct.Struct("<d").pack,
-        }
-        self.lines: list[str] = []
-        self.n = 0
-
-    def tmp(self, stem: str) -> str:
-        self.n += 1
-        return f"{stem}{self.n}"
-
-    def emit(self, ind: int, line: str) -> None:
-        self.lines.append("    " * ind + line)
+        super().__init__(
+            {
+                "__builtins__": {"len": len, "bytes": bytes, "bytearray": bytearray},
+                "_long": _long,
+                "_small": _SMALL,
+                "_double": struct.Struct("<d").pack,
+                "_bad": _bad,
+            }
+        )
 
     def length(self, src: str, ind: int) -> None:
         self.emit(ind, f"out += _small[{src}] if {src} < 64 else _long({src})")
@@ -130,25 +129,17 @@ class _Gen:
             self.value(kind, f"{src}.{f.name}", ind)
 
 
-def _bad(value: object, cls: type) -> TypeError:
-    return TypeError(f"expected {cls.__name__}, got {type(value).__name__}")
-
-
 def writer(cls: type, prefix: bytes) -> Callable[[Any], bytes]:
     """``write(event)``: ``prefix`` (the schema-version byte) then the Avro binary encoding of
     ``event``, a ``cls`` instance, with the schema derived from ``cls``. Raises (``TypeError``,
     ``AttributeError``, ``OverflowError``, ``UnicodeEncodeError``, ``struct.error``) on an
     event fastavro could not write."""
     gen = _Gen()
-    gen.ns["_bad"] = _bad
     gen.ns["_prefix"] = prefix
     gen.record(cls, "o", 1)
     name = f"_write_{cls.__name__}"
-    src = (
-        f"def {name}(o):\n"
-        "    out = bytearray(_prefix)\n" + "".join(line + "\n" for line in gen.lines) + ""
-        "    return bytes(out)\n"
+    head = [f"def {name}(o):", "    out = bytearray(_prefix)"]
+    fn: Callable[[Any], bytes] = gen.compile(
+        name, head, ["    return bytes(out)"], "sockudo.events.fastencode"
     )
-    exec(compile(src, f"<sockudo.events.fastencode {name}>", "exec"), gen.ns)
-    fn: Callable[[Any], bytes] = gen.ns[name]
     return fn
