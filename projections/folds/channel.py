@@ -34,7 +34,6 @@ from projections.folds.state import (
     Outcome,
     StreamHead,
     dumps,
-    fast_constructor,
     history_item_prefix,
     json_int,
     json_str,
@@ -55,6 +54,7 @@ from sockudo.events.channel import (
     Retention,
     StreamStateMarked,
 )
+from sockudo.fastclass import fast_constructor
 
 DEDUP_WINDOW_MS = 600_000
 """Event-id dedupe and per-offset outcomes are kept this long in record time (spec 05 §6.6)."""

@@ -6,14 +6,15 @@ same log write byte-identical databases (``sockudo-tools rebuild --verify`` comp
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import json.encoder
 import struct
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
+
+from sockudo.fastclass import fast_constructor
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -43,30 +44,6 @@ def dumps(obj: Any) -> bytes:
     return "".join(_c_encode(obj, 0)).encode()
 
 
-_T = TypeVar("_T")
-
-
-def fast_constructor(cls: type[_T]) -> Callable[..., _T]:
-    """A positional constructor of a frozen slotted dataclass that fills its slots directly.
-
-    A frozen dataclass's ``__init__`` pays ``object.__setattr__`` per field; the fold builds an
-    outcome (and a delivery) per record, so it uses this instead. The object is the same
-    (equality, hash, repr); every field must be passed, defaults included.
-    """
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = ["    o = _new(_cls)"]
-    for i, name in enumerate(names):
-        ns[f"_s{i}"] = cls.__dict__[name].__set__
-        lines.append(f"    _s{i}(o, {name})")
-    src = f"def make({', '.join(names)}):\n" + "\n".join(lines) + "\n    return o\n"
-    exec(compile(src, f"<fast_constructor {cls.__name__}>", "exec"), ns)
-    make: Callable[..., _T] = ns["make"]
-    return make
-
-
-# StreamHead layout: u32 generation, then 12 i64 numbers (-1 = None), then the three strings
-# (stream_id, durable_state, reason) each as u16 length + UTF-8 (0xFFFF = None).
 def presence_stream_id(seed: str, app_id: str, channel: str) -> str:
     """A presence-history generation's stream id: UUIDv5 of the record that opens it (its
     event id, or ``seed`` text when it has none), distinct from the message stream's."""
@@ -77,6 +54,8 @@ def presence_stream_id(seed: str, app_id: str, channel: str) -> str:
     return str(uuid.uuid5(namespace, f"presence\x00{app_id}\x00{channel}"))
 
 
+# StreamHead layout: u32 generation, then 12 i64 numbers (-1 = None), then the three strings
+# (stream_id, durable_state, reason) each as u16 length + UTF-8 (0xFFFF = None).
 _HEAD_NUMS = struct.Struct(">I12q")
 _U16 = struct.Struct(">H")
 _NONE16 = 0xFFFF

@@ -55,8 +55,11 @@ from sockudo.errors import (
     TopicMismatch,
     UnknownTopic,
 )
+from sockudo.fastclass import fast_constructor
 from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec, Watchdog
 from sockudo.log.wal_sync import WalSync
+
+_new_record = fast_constructor(LogRecord)
 
 __all__ = ["FRAME_FORMAT", "EmbeddedLog", "EmbeddedReader", "decode_frame", "encode_frame"]
 
@@ -108,29 +111,58 @@ def encode_frame(
     return body + _U32.pack(zlib.crc32(body))
 
 
+_HEADER_BLOCKS: dict[bytes, tuple[tuple[str, bytes], ...]] = {}
+"""Decoded header sections by their bytes: a topic's records repeat a handful of them."""
+_HEADER_BLOCKS_LIMIT = 1024
+
+
+def _decode_headers(block: bytes, count: int) -> tuple[tuple[str, bytes], ...]:
+    """The ``count`` headers that make up exactly ``block``."""
+    headers: list[tuple[str, bytes]] = []
+    pos = 0
+    for _ in range(count):
+        (n,) = _U16.unpack_from(block, pos)
+        name = block[pos + 2 : pos + 2 + n].decode()
+        pos += 2 + n
+        (n,) = _U32.unpack_from(block, pos)
+        headers.append((name, block[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    if pos != len(block):
+        raise struct.error("header lengths run past the frame")
+    return tuple(headers)
+
+
 def decode_frame(
     frame: bytes,
 ) -> tuple[int, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]:
     """``(timestamp_ms, key, value, headers)`` of a stored frame; ``LogError`` if corrupt."""
-    if len(frame) < _HEAD.size + 12:
-        raise LogError(f"corrupt log record: frame of {len(frame)} bytes is too short")
-    view = memoryview(frame)
-    (crc,) = _U32.unpack_from(frame, len(frame) - 4)
-    if zlib.crc32(view[:-4]) != crc:
+    size = len(frame)
+    if size < _HEAD.size + 12:
+        raise LogError(f"corrupt log record: frame of {size} bytes is too short")
+    (crc,) = _U32.unpack_from(frame, size - 4)
+    if zlib.crc32(frame[:-4]) != crc:
         raise LogError("corrupt log record: CRC-32 mismatch")
     fmt, ts, n_headers = _HEAD.unpack_from(frame, 0)
     if fmt != FRAME_FORMAT:
         raise LogError(f"corrupt log record: unknown frame format {fmt}")
     try:
         pos = _HEAD.size
-        headers: list[tuple[str, bytes]] = []
-        for _ in range(n_headers):
-            (n,) = _U16.unpack_from(frame, pos)
-            name = bytes(view[pos + 2 : pos + 2 + n]).decode()
-            pos += 2 + n
-            (n,) = _U32.unpack_from(frame, pos)
-            headers.append((name, frame[pos + 4 : pos + 4 + n]))
-            pos += 4 + n
+        headers: tuple[tuple[str, bytes], ...] = ()
+        if n_headers:
+            start = pos
+            for _ in range(n_headers):
+                (n,) = _U16.unpack_from(frame, pos)
+                pos += 2 + n
+                (n,) = _U32.unpack_from(frame, pos)
+                pos += 4 + n
+            block = frame[start:pos]
+            found = _HEADER_BLOCKS.get(block)
+            if found is None:
+                found = _decode_headers(block, n_headers)
+                if len(_HEADER_BLOCKS) >= _HEADER_BLOCKS_LIMIT:
+                    _HEADER_BLOCKS.clear()
+                _HEADER_BLOCKS[block] = found
+            headers = found
         (n,) = _I32.unpack_from(frame, pos)
         pos += 4
         key = None if n < 0 else frame[pos : pos + n]
@@ -141,9 +173,9 @@ def decode_frame(
         pos += max(n, 0)
     except (struct.error, UnicodeDecodeError) as exc:
         raise LogError(f"corrupt log record: {exc}") from exc
-    if pos != len(frame) - 4:
+    if pos != size - 4:
         raise LogError("corrupt log record: length fields do not match the frame size")
-    return ts, key, value, tuple(headers)
+    return ts, key, value, headers
 
 
 def _frame_timestamp(frame: bytes) -> int:
@@ -875,7 +907,7 @@ def _scan(
                 break
             last = _KEY.unpack(k)[1]
             ts, key, value, headers = decode_frame(it.value())
-            out.append(LogRecord(topic, partition, last, ts, key, value, headers))
+            out.append(_new_record(topic, partition, last, ts, key, value, headers))
             n += 1
             it.next()
         positions[partition] = last + 1 if n == budget else end

@@ -246,6 +246,32 @@ def test_frame_layout_matches_the_spec() -> None:
         decode_frame(frame[:-5] + b"\x00" + frame[-4:])
 
 
+def test_frames_with_headers_decode_exactly_and_bad_lengths_are_errors() -> None:
+    headers = (("sk.type", b"channel.publish"), ("sk.schema", b"MessagePublished"))
+    other = (("sk.type", b"channel.publish"), ("sk.schema", b"HistoryReset"))
+    # Decoded header sections are shared between frames: each frame still gets its own.
+    for _ in range(2):
+        for hs in (headers, other, (), (("é", b""),)):
+            frame = encode_frame(7, b"key", b"value", hs)
+            assert decode_frame(frame) == (7, b"key", b"value", hs)
+
+    def reframe(body: bytes) -> bytes:
+        return body + struct.pack(">I", zlib.crc32(body))
+
+    good = encode_frame(7, b"key", b"value", headers)[:-4]
+    name_len = struct.calcsize(">BqH")
+    for bad in (
+        # a header value length running past the frame
+        good[: name_len + 2 + 7] + struct.pack(">I", 10_000) + good[name_len + 2 + 7 + 4 :],
+        # a header name that is not UTF-8
+        good[: name_len + 2] + b"\xff" + good[name_len + 3 :],
+        # one header fewer announced than written
+        good[:9] + struct.pack(">H", 1) + good[11:],
+    ):
+        with pytest.raises(LogError, match="corrupt"):
+            decode_frame(reframe(bad))
+
+
 async def test_a_corrupted_record_is_an_error_not_a_skip(tmp_path: Path) -> None:
     log = EmbeddedLog(tmp_path / "log")
     await log.start()

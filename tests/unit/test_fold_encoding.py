@@ -15,12 +15,12 @@ from projections.folds.state import (
     Outcome,
     StreamHead,
     dumps,
-    fast_constructor,
     new_delivery,
     new_outcome,
 )
 from projections.store import keys
 from sockudo.events.channel import MessagePublished, Origin
+from sockudo.fastclass import fast_constructor
 
 _REFERENCE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _TEXT = [
