@@ -12,7 +12,13 @@ import enum
 import re
 from dataclasses import dataclass
 
-from sockudo.config import AppConfig, HistoryPolicy, PresenceHistoryPolicy, Settings
+from sockudo.config import (
+    AppConfig,
+    ChannelNamespace,
+    HistoryPolicy,
+    PresenceHistoryPolicy,
+    Settings,
+)
 from sockudo.errors import ApiError
 
 __all__ = [
@@ -351,10 +357,33 @@ def _limit(*candidates: int | None) -> int | None:
     return None
 
 
+_POLICIES: dict[tuple[int, int, str | None], tuple[AppConfig, Settings, ChannelPolicy]] = {}
+"""Resolved policies by (app, settings, configured namespace); the entry keeps its objects alive,
+so their ids cannot be reused while it exists."""
+
+
 def resolve_channel_policy(name: str, app: AppConfig, settings: Settings) -> ChannelPolicy:
-    """Apply the "first defined wins" rules of spec 03 §1.1: namespace, then app, then global."""
+    """Apply the "first defined wins" rules of spec 03 §1.1: namespace, then app, then global.
+
+    Every publish and history read asks; the answer depends only on the (frozen) configuration
+    and the channel's configured namespace, so it is resolved once per such triple.
+    """
     ns_name = namespace_of(name)
     ns = app.namespace(ns_name) if ns_name is not None else None
+    key = (id(app), id(settings), ns_name if ns is not None else None)
+    hit = _POLICIES.get(key)
+    if hit is not None and hit[0] is app and hit[1] is settings:
+        return hit[2]
+    policy = _resolve_policy(ns, app, settings)
+    if len(_POLICIES) >= 1024:
+        _POLICIES.clear()
+    _POLICIES[key] = (app, settings, policy)
+    return policy
+
+
+def _resolve_policy(
+    ns: ChannelNamespace | None, app: AppConfig, settings: Settings
+) -> ChannelPolicy:
     nh = ns.history if ns is not None else HistoryPolicy()
     np = ns.presence_history if ns is not None else PresenceHistoryPolicy()
     ah, ap = app.history, app.presence_history

@@ -257,3 +257,25 @@ class TestPolicy:
         p = resolve_channel_policy("orders", APP, settings)
         assert not p.history_enabled
         assert not p.idempotency_enabled
+
+    def test_resolved_once_per_configuration_and_namespace(self) -> None:
+        app = replace(
+            APP,
+            channel_namespaces=(
+                ChannelNamespace(name="chat", history=HistoryPolicy(max_messages_per_channel=3)),
+            ),
+        )
+        settings = Settings()
+        first = resolve_channel_policy("chat:a", app, settings)
+        assert resolve_channel_policy("private-chat:b", app, settings) is first
+        # Unconfigured namespaces share the no-namespace answer; a configured one has its own.
+        plain = resolve_channel_policy("orders", app, settings)
+        assert resolve_channel_policy("other:x", app, settings) is plain
+        assert plain.max_messages_per_channel is None
+        assert first.max_messages_per_channel == 3
+        # Another configuration object gets its own answer, never a remembered one.
+        off = replace(app, history=HistoryPolicy(enabled=False))
+        assert not resolve_channel_policy("orders", off, settings).history_enabled
+        assert resolve_channel_policy("orders", app, settings).history_enabled
+        quiet = replace(settings, history_enabled=False)
+        assert not resolve_channel_policy("orders", app, quiet).history_enabled
