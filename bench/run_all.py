@@ -109,6 +109,12 @@ def main() -> None:
             run("recovery.py", "--subscribers", str(args.recovery_subscribers)),
         )
     )
+    sections.append(
+        (
+            "WebSocket connection cost (node vs bare uvicorn vs a minimal protocol)",
+            run("ws_handshake.py", "--connections", str(args.recovery_subscribers)),
+        )
+    )
     for title, body in sections:
         print(f"== {title}")
         print(body)
