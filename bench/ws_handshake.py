@@ -15,7 +15,8 @@ Servers:
    ``sockudo:connection_established``, the frame sent is ``sockudo:subscribe`` to a public
    channel, the answer ``sockudo_internal:subscription_succeeded``.
 2. A bare ASGI app on uvicorn with the node's listener settings (``sockudo/node/serving.py``:
-   httptools, wsproto): accept, send one frame, echo what it receives.
+   httptools, wsproto with the node's own opening handshake, ``fast_upgrade.py``): accept,
+   send one frame, echo what it receives; and the same on stock wsproto (h11 handshake).
 3. A minimal asyncio protocol: httptools parses the upgrade request, the 101 answer and one
    frame are written by hand, frames are echoed. Not a server (no validation, no close
    handshake): the floor a leaner WebSocket layer could approach.
@@ -88,8 +89,16 @@ async def _echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.send", "text": message.get("text") or ""})
 
 
-def _serve_uvicorn(port: int) -> None:
+def _serve_uvicorn(port: int, *, stock: bool) -> None:
+    import uvloop
+
+    from sockudo.node import fast_upgrade
     from sockudo.node.serving import Listener, serve
+
+    if stock:
+        from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+        fast_upgrade.FastUpgradeWSProtocol = WSProtocol  # type: ignore[misc]
 
     async def main() -> None:
         await serve(
@@ -98,8 +107,6 @@ def _serve_uvicorn(port: int) -> None:
             Listener("127.0.0.1", port, backlog=4096),
             asyncio.Event().wait,
         )
-
-    import uvloop
 
     uvloop.run(main())
 
@@ -204,7 +211,7 @@ async def _round(pid: int, port: int, path: str, n: int, message: bytes, expect:
 
 
 def _measure(pid: int, port: int, path: str, args: argparse.Namespace, kind: str) -> list[float]:
-    if kind == "node":
+    if kind == "node":  # the node answers a subscribe; the others echo
         message = json.dumps(
             {"event": "sockudo:subscribe", "data": {"channel": "bench-handshake"}}
         ).encode()
@@ -238,11 +245,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--connections", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--serve", choices=["uvicorn", "minimal"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--serve", choices=["uvicorn", "uvicorn-stock", "minimal"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve == "uvicorn":
-        _serve_uvicorn(args.port)
+    if args.serve in ("uvicorn", "uvicorn-stock"):
+        _serve_uvicorn(args.port, stock=args.serve == "uvicorn-stock")
         return
     if args.serve == "minimal":
         _serve_minimal(args.port)
@@ -263,7 +272,8 @@ def main() -> None:
         finally:
             node.stop()
     for kind, label in (
-        ("uvicorn", "bare ASGI app on uvicorn (httptools, wsproto)"),
+        ("uvicorn", "bare ASGI app, node's uvicorn settings"),
+        ("uvicorn-stock", "bare ASGI app, uvicorn + stock wsproto (h11 handshake)"),
         ("minimal", "minimal protocol (httptools upgrade, hand-written frames)"),
     ):
         port = _free_port()

@@ -70,6 +70,8 @@ async def _serve_uvicorn(
 ) -> None:
     import uvicorn
 
+    from sockudo.node.fast_upgrade import FastUpgradeWSProtocol
+
     class Server(uvicorn.Server):
         """A uvicorn server that leaves signals to the node (it installs its own handlers)."""
 
@@ -83,7 +85,8 @@ async def _serve_uvicorn(
         port=listener.port,
         loop="none",
         http="httptools",
-        ws="wsproto",
+        # wsproto, with the opening handshake read and answered without h11 (fast_upgrade.py).
+        ws=FastUpgradeWSProtocol,
         ws_max_size=listener.websocket_max_message_size,
         ws_ping_interval=None,
         ws_ping_timeout=None,
