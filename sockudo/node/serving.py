@@ -71,6 +71,7 @@ async def _serve_uvicorn(
     import uvicorn
 
     from sockudo.node.fast_upgrade import FastUpgradeWSProtocol
+    from sockudo.node.http_writes import CoalescingHttpProtocol
 
     class Server(uvicorn.Server):
         """A uvicorn server that leaves signals to the node (it installs its own handlers)."""
@@ -84,7 +85,8 @@ async def _serve_uvicorn(
         host=listener.host,
         port=listener.port,
         loop="none",
-        http="httptools",
+        # httptools, each response's head and body in one write (http_writes.py).
+        http=CoalescingHttpProtocol,
         # wsproto, with the opening handshake read and answered without h11 (fast_upgrade.py).
         ws=FastUpgradeWSProtocol,
         ws_max_size=listener.websocket_max_message_size,

@@ -1,0 +1,173 @@
+"""Responses through the node's uvicorn protocol: one write per simple response, same bytes.
+
+``CoalescingHttpProtocol`` holds each response's head until its body: these requests go over
+real sockets to a real uvicorn, as the node serves, and every kind of response must arrive
+whole and in order (bodies, HEAD, 204, streamed chunks, ``connection: close``, pipelining,
+``Expect: 100-continue``, an application error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from sockudo.node.http_writes import HeldHead
+from sockudo.node.serving import Listener, serve
+from tests.integration.test_ws_direct_servers import free_port
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    if path == "/boom":
+        raise RuntimeError("application error")
+    if path == "/empty":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"one,", b"two,", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    answer = b"echo:" + body if body else b"hello " + path.encode()
+    headers = [(b"content-length", str(len(answer)).encode())]
+    if path == "/close":
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+
+
+@pytest.fixture
+async def port() -> Any:
+    stop = asyncio.Event()
+    port = free_port()
+    task = asyncio.create_task(serve("uvicorn", app, Listener("127.0.0.1", port), stop.wait))
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    yield port
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def exchange(port: int, raw: bytes, *, until: bytes, pause: bytes | None = None) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if pause is not None:
+            head, _, rest = raw.partition(pause)
+            writer.write(head + pause)
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(rest)
+        else:
+            writer.write(raw)
+        data = b""
+        while until not in data:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        writer.close()
+
+
+def get(path: str, method: str = "GET", extra: str = "") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
+
+
+async def test_every_kind_of_response_arrives_whole(port: int) -> None:
+    plain = await exchange(port, get("/a"), until=b"hello /a")
+    assert plain.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert plain.endswith(b"\r\n\r\nhello /a")
+
+    head = await exchange(port, get("/a", "HEAD"), until=b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"content-length: 8\r\n" in head
+    assert head.endswith(b"\r\n\r\n")
+
+    empty = await exchange(port, get("/empty"), until=b"\r\n\r\n")
+    assert empty.startswith(b"HTTP/1.1 204 No Content\r\n")
+
+    streamed = await exchange(port, get("/stream"), until=b"0\r\n\r\n")
+    assert b"transfer-encoding: chunked" in streamed
+    assert streamed.endswith(b"4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\n\r\n")
+
+    closed = await exchange(port, get("/close"), until=b"hello /close")
+    assert b"connection: close" in closed
+    assert closed.endswith(b"hello /close")
+
+    pipelined = await exchange(port, get("/1") + get("/2") + get("/3"), until=b"hello /3")
+    assert [part.rsplit(b"\r\n\r\n", 1)[-1][:8] for part in pipelined.split(b"HTTP/1.1 ")[1:]] == [
+        b"hello /1",
+        b"hello /2",
+        b"hello /3",
+    ]
+
+    body = b'{"x":1}'
+    continued = await exchange(
+        port,
+        get("/post", "POST", f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n") + body,
+        until=b"echo:",
+        pause=b"\r\n\r\n",
+    )
+    assert continued.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert continued.endswith(b"echo:" + body)
+
+    boom = await exchange(port, get("/boom"), until=b"Internal Server Error")
+    assert boom.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_held_head_writes_once_per_simple_response() -> None:
+    rec = Recorder()
+    held = HeldHead(rec)
+    held.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert rec.writes == []
+    held.write(b"body")
+    held.write(b"more")
+    assert rec.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"more"]
+    # A head without body bytes goes out when the response ends or the connection closes.
+    for finish in ("flush", "close"):
+        rec = Recorder()
+        held = HeldHead(rec)
+        held.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        getattr(held, finish)()
+        assert rec.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+        assert rec.closed is (finish == "close")
+    # 100 Continue is never held; other transport calls pass through.
+    rec = Recorder()
+    held = HeldHead(rec)
+    held.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert rec.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    assert held.is_closing() is False
