@@ -10,10 +10,12 @@ import base64
 import binascii
 import functools
 import json
+import json.encoder
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import islice
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -121,8 +123,34 @@ def stream_summary(
     }
 
 
+def _c_encoder(
+    *, ensure_ascii: bool, sort_keys: bool, allow_nan: bool
+) -> Callable[[Any, int], list[str]] | None:
+    """The C encoder ``json`` builds afresh on every ``encode``/``dumps``, built once.
+
+    Same settings, so the same text; ``markers=None`` only skips the circular-reference
+    check, and these values are trees the read model builds. ``None`` without the C module.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    escape = (
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    )
+    encoder: Callable[[Any, int], list[str]] = make(
+        None, json.JSONEncoder().default, escape, None, ":", ",", sort_keys, False, allow_nan
+    )
+    return encoder
+
+
+_CURSOR_ENCODER = _c_encoder(ensure_ascii=True, sort_keys=True, allow_nan=True)
+
+
 def encode_cursor(payload: dict[str, Any]) -> str:
-    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    if _CURSOR_ENCODER is not None:
+        raw = "".join(_CURSOR_ENCODER(payload, 0)).encode()
+    else:
+        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -306,6 +334,94 @@ def _envelope(app_id: str, channel: str, query: HistoryQuery, page: _Rows) -> di
     }
 
 
+def _json(value: Any) -> str:
+    """``value`` as the response encoder writes it; the scalars of an envelope directly."""
+    if value is None:
+        return "null"
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return _json_str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    return render_json(value).decode("utf-8")
+
+
+def _cursor_json(value: Any) -> str:
+    """``value`` as :func:`encode_cursor`'s ``json.dumps`` writes it (ASCII-only strings)."""
+    if value is None:
+        return "null"
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return _json_str_ascii(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+_json_str_ascii: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+_CURSOR = (
+    '{"app_id":%s,"bounds":{"end_serial":%s,"end_time_ms":%s,"start_serial":%s,'
+    '"start_time_ms":%s},"channel":%s,"direction":%s,"serial":%s,"stream_id":%s,"version":1}'
+)
+"""The payload of :func:`encode_cursor` for a next page, keys sorted as ``sort_keys`` does."""
+
+_ENVELOPE = (
+    '"direction":%s,"limit":%s,"has_more":%s,"next_cursor":%s,"bounds":{"start_serial":%s,'
+    '"end_serial":%s,"start_time_ms":%s,"end_time_ms":%s},"continuity":{"stream_id":%s,'
+    '"oldest_available_serial":%s,"newest_available_serial":%s,'
+    '"oldest_available_published_at_ms":%s,"newest_available_published_at_ms":%s,'
+    '"retained_messages":%s,"retained_bytes":%s,"complete":%s,"truncated_by_retention":%s},'
+    '"stream_state":%s}'
+)
+"""``render_json(_envelope(...))`` after its opening brace."""
+
+
+def _envelope_json(app_id: str, channel: str, query: HistoryQuery, page: _Rows) -> bytes:
+    """``render_json(_envelope(...))[1:]``, byte for byte, formatted instead of built as dicts
+    and encoded: it is the same for every page but its numbers and a few strings."""
+    head, has_more = page.head, page.has_more
+    bounds = (query.start_serial, query.end_serial, query.start_time_ms, query.end_time_ms)
+    stream_id = head.stream_id if head else None
+    next_cursor = "null"
+    if has_more and page.rows:
+        payload = _CURSOR % (
+            _cursor_json(app_id),
+            _cursor_json(bounds[1]),
+            _cursor_json(bounds[3]),
+            _cursor_json(bounds[0]),
+            _cursor_json(bounds[2]),
+            _cursor_json(channel),
+            _cursor_json(query.direction),
+            _cursor_json(page.serial(page.rows[-1][0])),
+            _cursor_json(stream_id),
+        )
+        cursor = base64.urlsafe_b64encode(payload.encode()).rstrip(b"=").decode()
+        next_cursor = _json_str(cursor)
+    truncated = _truncated_by_retention(head, query)
+    text = _ENVELOPE % (
+        _json(query.direction),
+        _json(query.limit),
+        _json(has_more),
+        next_cursor,
+        *map(_json, bounds),
+        _json(stream_id),
+        _json(head.oldest_serial if head else None),
+        _json(head.newest_serial if head else None),
+        _json(head.oldest_ts if head else None),
+        _json(head.newest_ts if head else None),
+        _json(head.retained_count if head else 0),
+        _json(head.retained_bytes if head else 0),
+        _json(not has_more and not truncated),
+        _json(truncated),
+        _json(page.state),
+    )
+    return text.encode("utf-8")
+
+
 def read_page(
     kv: KVReader,
     app_id: str,
@@ -340,11 +456,14 @@ def _item(stream_id: str | None, serial: int, row: HistoryRow) -> dict[str, Any]
 _RESPONSE_ENCODER = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
 )
+_RESPONSE_C_ENCODER = _c_encoder(ensure_ascii=False, sort_keys=False, allow_nan=False)
 
 
 def render_json(value: Any) -> bytes:
     """``value`` as an HTTP JSON body, encoded exactly like Starlette's ``JSONResponse``."""
-    return _RESPONSE_ENCODER.encode(value).encode("utf-8")
+    if _RESPONSE_C_ENCODER is None or isinstance(value, str):
+        return _RESPONSE_ENCODER.encode(value).encode("utf-8")
+    return "".join(_RESPONSE_C_ENCODER(value, 0)).encode("utf-8")
 
 
 _U64 = struct.Struct(">Q")
@@ -367,14 +486,35 @@ def read_page_json(
     takes the decode/encode round trip.
     """
     page = _select(kv, app_id, channel, query, stall, node_id)
-    stream_id = page.head.stream_id if page.head else None
-    items: list[bytes] = []
-    append = items.append
-    for key, raw in page.rows:
-        item = stored_item(raw)
-        append(item if item is not None else _round_trip(raw, stream_id, page.serial(key)))
-    rest = render_json(_envelope(app_id, channel, query, page))
-    return b'{"items":[' + b",".join(items) + b"]," + rest[1:]
+    raws = list(map(_ROW_VALUE, page.rows))
+    if _NO_ITEM not in map(_ITEM_LENGTH, raws):
+        # Every row carries its item (the usual page): cut them out without a Python-level
+        # step per row.
+        items = list(map(_ITEM, raws))
+    else:
+        stream_id = page.head.stream_id if page.head else None
+        items = []
+        for key, raw in page.rows:
+            item = stored_item(raw)
+            items.append(
+                item if item is not None else _round_trip(raw, stream_id, page.serial(key))
+            )
+    rest = _envelope_json(app_id, channel, query, page)
+    if not items:
+        return b'{"items":[],' + rest
+    # The body is the one large allocation: the envelope's text rides on the items at either
+    # end instead of being concatenated to the joined page (each concatenation copies it).
+    items[0] = b'{"items":[' + items[0]
+    items[-1] = items[-1] + b"]," + rest
+    return b",".join(items)
+
+
+# :class:`HistoryRow`'s layout (``u64 ‖ u64 ‖ u64 ‖ u32 item length ‖ item``), which
+# :func:`stored_item` reads, as C getters over a page's rows; a test holds them to it.
+_ROW_VALUE = itemgetter(1)
+_ITEM_LENGTH = itemgetter(slice(24, 28))
+_NO_ITEM = bytes(4)
+_ITEM = itemgetter(slice(28, None))
 
 
 def _round_trip(raw: bytes, stream_id: str | None, serial: int) -> bytes:

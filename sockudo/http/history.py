@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -15,11 +15,11 @@ from sockudo.errors import ApiError
 from sockudo.http.body import invalid_input as _invalid
 from sockudo.http.body import json_object
 from sockudo.http.context import HttpContext, context
-from sockudo.http.signed import authenticate
+from sockudo.http.signed import authenticate, authenticate_query, query_params
 from sockudo.node.services import StreamControl
 
 
-def _int_param(params: QueryParams, name: str, alias: str | None = None) -> int | None:
+def _int_param(params: Mapping[str, str], name: str, alias: str | None = None) -> int | None:
     raw = params.get(name)
     if raw is None and alias is not None:
         raw = params.get(alias)
@@ -31,7 +31,7 @@ def _int_param(params: QueryParams, name: str, alias: str | None = None) -> int 
         raise _invalid(f"{name} must be an integer") from None
 
 
-def parse_history_query(params: QueryParams, settings: Settings) -> HistoryQuery:
+def parse_history_query(params: Mapping[str, str], settings: Settings) -> HistoryQuery:
     """Validate query parameters in the order of spec 03 §3.1."""
     raw_dir = params.get("direction", "newest_first")
     direction = DIRECTIONS.get(raw_dir.lower())
@@ -79,9 +79,9 @@ def parse_history_query(params: QueryParams, settings: Settings) -> HistoryQuery
     return query
 
 
-async def _channel(request: Request, ctx: HttpContext) -> tuple[AppConfig, str]:
-    app, _ = await authenticate(request, ctx, request.path_params["app_id"])
-    channel = request.path_params["channel"]
+def _history_channel(request: Request, app: AppConfig, ctx: HttpContext) -> str:
+    """The route's channel, once it is a valid name with history enabled."""
+    channel: str = request.path_params["channel"]
     validate_channel_name(channel, app, ctx.settings)
     if not resolve_channel_policy(channel, app, ctx.settings).history_enabled:
         raise ApiError(
@@ -89,13 +89,19 @@ async def _channel(request: Request, ctx: HttpContext) -> tuple[AppConfig, str]:
             "feature_disabled",
             f"Durable history is disabled by policy for channel '{channel}'",
         )
-    return app, channel
+    return channel
+
+
+async def _channel(request: Request, ctx: HttpContext) -> tuple[AppConfig, str]:
+    app, _ = await authenticate(request, ctx, request.path_params["app_id"])
+    return app, _history_channel(request, app, ctx)
 
 
 async def get_history(request: Request) -> Response:
     ctx = context(request)
-    app, channel = await _channel(request, ctx)
-    query = parse_history_query(request.query_params, ctx.settings)
+    app, _, pairs = await authenticate_query(request, ctx, request.path_params["app_id"])
+    channel = _history_channel(request, app, ctx)
+    query = parse_history_query(query_params(request, pairs), ctx.settings)
     # Rendered straight from the stored rows: the same bytes JSONResponse would send.
     body = ctx.channels.history_page_json(app, channel, query)
     return Response(body, media_type="application/json")
@@ -126,15 +132,7 @@ def _confirmed_body(body: bytes, channel: str, operation: str) -> dict[str, Any]
 async def _control(request: Request) -> tuple[HttpContext, AppConfig, str, bytes]:
     ctx = context(request)
     app, body = await authenticate(request, ctx, request.path_params["app_id"])
-    channel = request.path_params["channel"]
-    validate_channel_name(channel, app, ctx.settings)
-    if not resolve_channel_policy(channel, app, ctx.settings).history_enabled:
-        raise ApiError(
-            422,
-            "feature_disabled",
-            f"Durable history is disabled by policy for channel '{channel}'",
-        )
-    return ctx, app, channel, body
+    return ctx, app, _history_channel(request, app, ctx), body
 
 
 async def post_history_reset(request: Request) -> Response:

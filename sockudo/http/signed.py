@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.requests import Request
 
 from sockudo import auth, metrics
@@ -50,9 +52,17 @@ async def authenticate(
     request: Request, ctx: HttpContext, route_app_id: str | None
 ) -> tuple[AppConfig, bytes]:
     """Verify the signature; return the app and the body. Rejections have no side effects."""
+    app, body, _ = await authenticate_query(request, ctx, route_app_id)
+    return app, body
+
+
+async def authenticate_query(
+    request: Request, ctx: HttpContext, route_app_id: str | None
+) -> tuple[AppConfig, bytes, list[tuple[str, str]]]:
+    """:func:`authenticate`, also returning the query as the signature check decoded it."""
     limit_by_ip(request, ctx, route_app_id)
     body = await read_body(request, ctx.settings.http_request_limit_bytes)
-    app = auth.verify_api_request(
+    app, pairs = auth.verify_api_query(
         method=request.method,
         raw_path=raw_path(request),
         query_string=request.scope.get("query_string", b""),
@@ -61,4 +71,20 @@ async def authenticate(
         now=ctx.clock(),
         route_app_id=route_app_id,
     )
-    return app, body
+    return app, body, pairs
+
+
+def query_params(request: Request, pairs: list[tuple[str, str]]) -> Mapping[str, str]:
+    """``request.query_params`` from the pairs :func:`authenticate_query` decoded, without
+    parsing the query string again.
+
+    The same mapping (last occurrence of a key wins) when the raw query is ASCII: both then
+    split on ``&``, turn ``+`` into a space before percent-decoding, keep malformed escapes,
+    and the signature check already refused escapes that are not UTF-8. Starlette reads raw
+    bytes above 0x7F as Latin-1 where :func:`auth.parse_query` reads UTF-8, so such a query
+    is parsed by Starlette, as before.
+    """
+    raw = request.scope.get("query_string", b"")
+    if isinstance(raw, bytes) and raw.isascii():
+        return dict(pairs)
+    return request.query_params
