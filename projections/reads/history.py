@@ -288,8 +288,9 @@ def _newest_window(
     if top < lo:
         return None
     first = max(lo, top - count + 1)
-    window = list(kv.scan(keys.HISTORY, gen + keys.u64(first), gen + keys.u64(top + 1)))
-    if len(window) != top - first + 1:
+    count = top - first + 1
+    window = kv.scan_window(keys.HISTORY, gen + keys.u64(first), gen + keys.u64(top + 1), count)
+    if len(window) != count:
         return None
     window.reverse()
     return window

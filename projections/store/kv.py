@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Iterator
+from itertools import islice
 from typing import Protocol
 
 
@@ -22,6 +23,12 @@ class KVReader(Protocol):
         self, cf: str, start: bytes, end: bytes, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
         """Pairs with ``start <= key < end`` in key order (descending when ``reverse``)."""
+        ...
+
+    def scan_window(
+        self, cf: str, start: bytes, end: bytes, count: int
+    ) -> list[tuple[bytes, bytes]]:
+        """The first ``count`` pairs of :meth:`scan` (ascending), as a list."""
         ...
 
 
@@ -66,6 +73,11 @@ class MemoryKV:
         data = self._data[cf] if selected else {}
         for k in reversed(selected) if reverse else selected:
             yield k, data[k]
+
+    def scan_window(
+        self, cf: str, start: bytes, end: bytes, count: int
+    ) -> list[tuple[bytes, bytes]]:
+        return list(islice(self.scan(cf, start, end), count))
 
     def items(self, cf: str) -> Iterator[tuple[bytes, bytes]]:
         for k in self._keys.get(cf, []):
@@ -123,6 +135,13 @@ class Overlay:
             last = k
             if v is not None:
                 yield k, v
+
+    def scan_window(
+        self, cf: str, start: bytes, end: bytes, count: int
+    ) -> list[tuple[bytes, bytes]]:
+        if not self._pending.get(cf):
+            return self._base.scan_window(cf, start, end, count)
+        return list(islice(self.scan(cf, start, end), count))
 
     def changes(self) -> dict[str, dict[bytes, bytes | None]]:
         """Pending writes per column family (``None`` = delete)."""

@@ -14,7 +14,9 @@ import shutil
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import cast
 
 from rocksdict import (
     AccessType,
@@ -144,6 +146,20 @@ class ProjectionStore:
         self, cf: str, start: bytes, end: bytes, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
         return _scan(self._cfs[cf].iter(), start, end, reverse)
+
+    def scan_window(
+        self, cf: str, start: bytes, end: bytes, count: int
+    ) -> list[tuple[bytes, bytes]]:
+        """The first ``count`` pairs from ``start`` below ``end``: rocksdict's item iterator
+        read ``count`` times in C (``islice``), a third cheaper than a stepwise scan for a
+        page of rows."""
+        # Raw mode: keys and values are bytes.
+        window = cast(
+            list[tuple[bytes, bytes]], list(islice(self._cfs[cf].items(from_key=start), count))
+        )
+        if window and window[-1][0] >= end:
+            window = [pair for pair in window if pair[0] < end]
+        return window
 
     def pin(self, cfs: Iterable[str]) -> PinnedView:
         """A view of ``cfs`` as they are now, readable later and from any thread.
@@ -306,6 +322,11 @@ class PinnedView:
             yield from _scan(it, start, end, reverse)
         finally:
             self._busy.discard(cf)
+
+    def scan_window(
+        self, cf: str, start: bytes, end: bytes, count: int
+    ) -> list[tuple[bytes, bytes]]:
+        return list(islice(self.scan(cf, start, end), count))
 
     def close(self) -> None:
         self._iters.clear()
