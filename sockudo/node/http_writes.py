@@ -39,10 +39,13 @@ class HeldHead:
             self._held = data
             return
         held = self._held
-        if held is not None:
-            self._held = None
-            data = held + data
-        self._transport.write(data)
+        if held is None:
+            self._transport.write(data)
+            return
+        self._held = None
+        # One system call without copying the body onto the head (uvloop writes both with
+        # one writev).
+        self._transport.writelines((held, data))
 
     def flush(self) -> None:
         """Send a head still held (a response that ended without body bytes)."""

@@ -142,6 +142,9 @@ class Recorder:
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        self.writes.append(b"".join(parts))
+
     def close(self) -> None:
         self.closed = True
 
