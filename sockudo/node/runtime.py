@@ -18,7 +18,7 @@ from sockudo.config import Settings
 from sockudo.errors import CodecError, ConfigError
 from sockudo.events import codec
 from sockudo.log.base import EventLog, LogRecord
-from sockudo.log.partitioning import partition_for
+from sockudo.log.partitioning import channel_key, partition_for
 from sockudo.node.consumer import DeliverySink, FoldRunner
 from sockudo.node.topics import CHANNEL_EVENTS, topic_name, topic_specs
 
@@ -80,6 +80,7 @@ class Runtime:
         self._clock = clock
         self.store: ProjectionStore | None = None
         self.runner: FoldRunner | None = None
+        self._partition_of: dict[tuple[str, str, int], int] = {}
 
     async def start(self) -> None:
         await self.log.start()
@@ -135,7 +136,19 @@ class Runtime:
         )
 
     def partition_of(self, app_id: str, channel: str) -> int:
-        return partition_for(app_id.encode() + b"\x00" + channel.encode(), self.partitions)
+        """The channel's partition (every publish and history read asks: murmur2 in Python is
+        a few µs, so answers are remembered)."""
+        partitions = self.partitions
+        if partitions == 1:
+            return 0
+        key = (app_id, channel, partitions)
+        found = self._partition_of.get(key)
+        if found is None:
+            if len(self._partition_of) >= 100_000:
+                self._partition_of.clear()
+            found = partition_for(channel_key(app_id, channel), partitions)
+            self._partition_of[key] = found
+        return found
 
     async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
         """Fold what is already in the log (bounded), checkpoint, close everything."""

@@ -18,7 +18,7 @@ from sockudo.errors import StreamNotHealthy
 from sockudo.events.channel import MessagePublished, Origin
 from sockudo.events.codec import encode
 from sockudo.log.embedded import EmbeddedLog
-from sockudo.log.partitioning import channel_key
+from sockudo.log.partitioning import channel_key, partition_for
 from sockudo.node.runtime import Runtime
 from sockudo.node.services import ChannelService, PublishRequest
 from tools.inspect_stream import EXIT, inspect_stream
@@ -183,3 +183,14 @@ async def test_fold_version_change_rebuilds_from_the_log(tmp_path: Path) -> None
         }
     finally:
         await runtime.stop()
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 24])
+def test_partition_of_is_the_log_partitioner(tmp_path: Path, partitions: int) -> None:
+    runtime = Runtime(settings(tmp_path, partitions))
+    names = [f"room-{i}" for i in range(200)] + ["présence-é", "private-x:y"]
+    for _ in range(2):  # computed, then remembered
+        for name in names:
+            assert runtime.partition_of("app-id", name) == partition_for(
+                channel_key("app-id", name), partitions
+            )
