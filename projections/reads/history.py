@@ -335,29 +335,36 @@ def _envelope(app_id: str, channel: str, query: HistoryQuery, page: _Rows) -> di
     }
 
 
-def _json(value: Any) -> str:
-    """``value`` as the response encoder writes it; the scalars of an envelope directly."""
+def _scalar(value: Any, string: Callable[[str], str], other: Callable[[Any], str]) -> str:
+    """``value`` as JSON: ``null``, ints and strings (by ``string``) directly, the rest by
+    ``other``."""
     if value is None:
         return "null"
     kind = type(value)
     if kind is int:
         return int.__repr__(value)
     if kind is str:
-        return _json_str(value)
-    if kind is bool:
+        return string(value)
+    return other(value)
+
+
+def _json(value: Any) -> str:
+    """``value`` as the response encoder writes it."""
+    return _scalar(value, _json_str, _render_other)
+
+
+def _render_other(value: Any) -> str:
+    if value is True or value is False:
         return "true" if value else "false"
     return render_json(value).decode("utf-8")
 
 
 def _cursor_json(value: Any) -> str:
     """``value`` as :func:`encode_cursor`'s ``json.dumps`` writes it (ASCII-only strings)."""
-    if value is None:
-        return "null"
-    kind = type(value)
-    if kind is int:
-        return int.__repr__(value)
-    if kind is str:
-        return _json_str_ascii(value)
+    return _scalar(value, _json_str_ascii, _dumps_sorted)
+
+
+def _dumps_sorted(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
