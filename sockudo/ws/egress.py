@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from projections.folds.state import Delivery
 from sockudo.ws import v1
+from sockudo.ws.framing import encode_frame, payload_length
 from sockudo.ws.wire import AiExtras, Data, Envelope, Extras, WireFormat, encode
 
 Frame = str | bytes
@@ -301,3 +302,60 @@ def v2(fmt: WireFormat) -> V2Egress:
     if egress is None:
         egress = _V2[fmt] = V2Egress(fmt)
     return egress
+
+
+ReplayKey = tuple[str, str, str, str | None, int, str]
+"""``(egress key, app id, channel, stream id, serial, message id)``: one stored message."""
+
+
+class ReplayFrames:
+    """Replayed messages' frames by (protocol, format), encoded once and shared between sockets.
+
+    After an outage every subscriber of a channel resumes from about the same position, so
+    each replays the same tail of the channel: the frame and its WebSocket bytes are built for
+    the first and reused for the rest. A message is named by its stream position (a serial is
+    never reused within a stream, and a new generation has a new ``stream_id``) plus its
+    ``message_id``, so a hit is always the frame :meth:`V2Egress.message` would build. Bounded
+    by entries and by encoded bytes; the oldest entries go first (a replay is the newest tail
+    of a channel, so insertion order is close enough to use order, and a hit stays cheap).
+    """
+
+    __slots__ = ("_entries", "bytes", "max_bytes", "max_entries")
+
+    def __init__(self, max_entries: int = 20_000, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: dict[ReplayKey, tuple[Frame, bytes, int]] = {}
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, egress: Egress, d: Delivery) -> tuple[Frame, bytes, int]:
+        """``d``'s frame for ``egress``, its WebSocket encoding and its payload length."""
+        serial = d.serial
+        if serial is None:  # no stream position to name it by: never shared
+            return _encoded(egress.message(d))
+        key = (egress.key, d.app_id, d.channel, d.stream_id, serial, d.message_id)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _encoded(egress.message(d))
+            self.bytes += len(entry[1])
+            if len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+                self._trim()
+        return entry
+
+    def _trim(self) -> None:
+        entries = self._entries
+        while len(entries) > self.max_entries or (self.bytes > self.max_bytes and len(entries) > 1):
+            oldest = next(iter(entries))
+            self.bytes -= len(entries.pop(oldest)[1])
+
+
+def _encoded(frame: Frame) -> tuple[Frame, bytes, int]:
+    wire = encode_frame(frame)
+    return frame, wire, payload_length(wire)
+
+
+REPLAY_FRAMES = ReplayFrames()
+"""The node's shared cache of replayed frames (one per process, like the egresses)."""

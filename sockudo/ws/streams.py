@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from projections.reads import history as history_reads
 from projections.reads import recovery
 from projections.reads.history import HistoryQuery
+from sockudo import metrics
 from sockudo.channels import is_v2_only_target
 from sockudo.errors import ApiError, StreamNotHealthy
 from sockudo.node.replay import MAX_BUFFER_SIZE
 from sockudo.ws import v1
+from sockudo.ws.egress import REPLAY_FRAMES
 from sockudo.ws.predicates import MessageView
 from sockudo.ws.session import RESUME_PENDING_TTL_S, Rewind, not_attached
 
@@ -156,14 +158,21 @@ def _send_result(
         env.outbox.offer(egress.resume_failed(channel, failure))
         return "failed", failure
     predicate = env.session.predicates.get(channel)
-    replayed = 0
+    outbox = env.outbox
+    direct = outbox.direct
+    replayed = nbytes = 0
     for d in result.deliveries:
         if predicate is not None and not predicate.matches(MessageView.of_delivery(d)):
             continue
-        if not env.outbox.offer(egress.message(d)):
-            env.outbox.request_close(4100, "Over capacity")
+        # Sockets resuming the same channel replay the same messages: share their encodings.
+        frame, wire, size = REPLAY_FRAMES.get(egress, d)
+        if not (outbox.offer_wire(wire) if direct else outbox.offer(frame)):
+            outbox.request_close(4100, "Over capacity")
             break
         replayed += 1
+        nbytes += size
+    if direct and replayed:
+        metrics.ws_sent(outbox.app_id, nbytes, replayed)  # offer_wire leaves counting to us
     return "recovered", {
         "channel": channel,
         "source": result.source,
