@@ -134,7 +134,13 @@ def _join(kv: KV, ctx: RecordContext, ev: PresenceMemberJoined) -> FoldResult:
     conn = keys.connection_key(ck, ev.user_id, ev.incarnation, ev.socket_id)
     if kv.get(keys.PRESENCE, conn) is not None:
         return _outcome(IGNORED, ev.app_id, ev.channel, reason="already_joined")
-    kv.put(keys.PRESENCE, conn, dumps({"i": ev.user_info_json, "o": ctx.offset}))
+    record: dict[str, Any] = {"i": ev.user_info_json, "o": ctx.offset}
+    if ev.flags.presence_history:
+        # The channel's presence-history policy as this join carried it: a cleaner that
+        # removes the connection later records its leave under the same policy.
+        r = ev.retention
+        record["r"] = [r.window_s, r.max_count, r.max_bytes]
+    kv.put(keys.PRESENCE, conn, dumps(record))
     kv.put(
         keys.BY_NODE,
         keys.by_node_key(ctx.partition, ev.incarnation, ck, ev.user_id, ev.socket_id),
@@ -301,7 +307,15 @@ def _node_dead(kv: KV, ctx: RecordContext, ev: NodeDeclaredDead) -> FoldResult:
     removed = 0
     for key, _ in list(kv.scan(keys.BY_NODE, prefix, keys.prefix_end(prefix))):
         app_id, channel, user_id, socket_id = keys.split_by_node_key(key)
-        head = _presence_head(kv, keys.channel_prefix(app_id, channel))
+        # A cleaner does not know the channel's policy: the leave is recorded under the one
+        # the connection's join carried.
+        raw = kv.get(
+            keys.PRESENCE,
+            keys.connection_key(
+                keys.channel_prefix(app_id, channel), user_id, ev.incarnation, socket_id
+            ),
+        )
+        policy = json.loads(raw).get("r") if raw is not None else None
         result = _leave(
             kv,
             ctx,
@@ -311,10 +325,8 @@ def _node_dead(kv: KV, ctx: RecordContext, ev: NodeDeclaredDead) -> FoldResult:
             ev.incarnation,
             socket_id,
             cause="orphan_cleanup",
-            # A cleaner does not know the channel's policy; keep recording where the channel
-            # already has a presence-history stream.
-            history=head is not None,
-            retention=Retention(),
+            history=policy is not None,
+            retention=Retention(*policy) if policy is not None else Retention(),
             dead_node_id=ev.incarnation,
             event_id=ev.event_id,
         )

@@ -915,6 +915,28 @@ def test_node_dead_removes_the_incarnations_connections_and_fences_its_joins() -
     assert proj.fold(join("u9", "2.9", B)).outcome.kind == JOINED
 
 
+def test_orphan_cleanup_records_under_the_policy_its_join_carried() -> None:
+    proj = Projection()
+    keep_two = Retention(max_count=2)
+    for user in ("u1", "u2", "u3"):
+        proj.fold(join(user, f"1.{user}", A, retention=keep_two))
+    # Three joins under max_count=2: the oldest transition is already gone.
+    assert [row["user_id"] for row in transitions(proj.kv)] == ["u2", "u3"]
+
+    proj.fold(dead(A), partition=0)
+
+    # Three cleanup leaves, each applying the joins' retention: the last two remain.
+    rows = transitions(proj.kv)
+    assert [(row["event"], row["user_id"]) for row in rows] == [
+        (MEMBER_REMOVED, "u2"),
+        (MEMBER_REMOVED, "u3"),
+    ]
+    assert all(row["cause"] == "orphan_cleanup" for row in rows)
+    head = presence_head(proj.kv)
+    assert head is not None
+    assert head.retained_count == 2
+
+
 def test_node_dead_of_a_user_present_elsewhere_is_no_edge() -> None:
     proj = Projection()
     proj.fold(join("u1", "1.1", A))
