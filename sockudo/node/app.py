@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
-from starlette.routing import Route, WebSocketRoute, request_response, websocket_session
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sockudo.errors import SockudoError
@@ -114,13 +114,27 @@ def build_app(
     return app
 
 
-_Endpoint = Callable[..., object]
-_FAST_HTTP: dict[tuple[str, int, str], tuple[_Endpoint, tuple[str, ...]]] = {
-    ("POST", 4, "events"): (events.publish_events, ("app_id",)),
-    ("POST", 4, "batch_events"): (events.publish_batch, ("app_id",)),
-    ("GET", 6, "history"): (history.get_history, ("app_id", "channel")),
-}
-"""(method, path segments, last segment) → endpoint and its path parameters (segments 2, 4)."""
+_HOT_ENDPOINTS = frozenset(
+    {events.publish_events, events.publish_batch, history.get_history, websocket_v1}
+)
+"""Endpoints of most of a node's traffic: their routes are matched ahead of the router."""
+
+_Template = tuple[str, ...]
+"""A route path split on ``/``; ``{name}`` segments are parameters."""
+
+
+def _match(template: _Template, parts: list[str]) -> dict[str, str] | None:
+    """The path parameters when ``parts`` fits ``template`` (a parameter is one non-empty
+    segment, as Starlette's default ``str`` convertor matches it), else ``None``."""
+    params: dict[str, str] = {}
+    for want, got in zip(template, parts, strict=True):
+        if want[:1] == "{":
+            if not got:
+                return None
+            params[want[1:-1]] = got
+        elif want != got:
+            return None
+    return params
 
 
 class NodeApp(Starlette):
@@ -128,9 +142,10 @@ class NodeApp(Starlette):
 
     Publishes, history pages and WebSocket connections are most of a node's traffic. The
     router tries each route's regular expression in turn and the exception middleware adds a
-    wrapper of its own: ~40 µs a request here. These requests go straight to the endpoint app
-    the route would run, wrapped in the same middleware (server errors, CORS, metrics) with the
-    same exception handlers, so their answers are unchanged.
+    wrapper of its own: ~40 µs a request here. The routes of :data:`_HOT_ENDPOINTS` are found
+    by splitting the path instead, and their own endpoint apps run inside the same middleware
+    (server errors, CORS, metrics) with the same exception handlers, so answers are unchanged.
+    They are matched first: no other route may match the same paths.
     """
 
     def __init__(self, **kwargs: object) -> None:
@@ -139,11 +154,21 @@ class NodeApp(Starlette):
         # The handler tables the exception middleware would put in the scope, built by it.
         tables = ExceptionMiddleware(self.router, handlers=handlers, debug=self.debug)
         self._handlers = (tables._exception_handlers, tables._status_handlers)
-        self._fast = {
-            key: (self._wrap(request_response(endpoint)), names)  # type: ignore[arg-type]
-            for key, (endpoint, names) in _FAST_HTTP.items()
-        }
-        self._websocket = self._wrap(websocket_session(websocket_v1))
+        # (scope type, method, segments) -> the routes' templates and wrapped endpoint apps.
+        self._fast: dict[tuple[str, str, int], list[tuple[_Template, ASGIApp]]] = {}
+        for route in self.router.routes:
+            if not isinstance(route, Route | WebSocketRoute):
+                continue
+            if route.endpoint not in _HOT_ENDPOINTS or ":" in route.path:
+                continue  # a typed convertor ({x:int}) is the router's to match
+            template = tuple(route.path.split("/"))
+            app = self._wrap(route.app)
+            if isinstance(route, WebSocketRoute):
+                keys = [("websocket", "", len(template))]
+            else:
+                keys = [("http", method, len(template)) for method in route.methods or ()]
+            for key in keys:
+                self._fast.setdefault(key, []).append((template, app))
 
     def _wrap(self, app: ASGIApp) -> ASGIApp:
         """``app`` inside the middleware ``build_middleware_stack`` puts around the router."""
@@ -158,27 +183,14 @@ class NodeApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
+        if kind == "http" or kind == "websocket":
             parts = scope["path"].split("/")
-            found = self._fast.get((scope["method"], len(parts), parts[-1]))
-            if (
-                found is not None
-                and parts[1] == "apps"
-                and parts[2]
-                and (len(parts) == 4 or (parts[3] == "channels" and parts[4]))
-            ):
-                app, names = found
-                scope["app"] = self
-                scope["starlette.exception_handlers"] = self._handlers
-                scope["path_params"] = dict(zip(names, parts[2::2], strict=False))
-                await app(scope, receive, send)
-                return
-        elif kind == "websocket":
-            path = scope["path"]
-            if path.startswith("/app/") and len(path) > 5 and "/" not in path[5:]:
-                scope["app"] = self
-                scope["starlette.exception_handlers"] = self._handlers
-                scope["path_params"] = {"app_key": path[5:]}
-                await self._websocket(scope, receive, send)
-                return
+            for template, app in self._fast.get((kind, scope.get("method", ""), len(parts)), ()):
+                params = _match(template, parts)
+                if params is not None:
+                    scope["app"] = self
+                    scope["starlette.exception_handlers"] = self._handlers
+                    scope["path_params"] = params
+                    await app(scope, receive, send)
+                    return
         await super().__call__(scope, receive, send)
