@@ -37,7 +37,6 @@ __all__ = [
     "signed_query_params",
     "user_auth_string",
     "verify_api_query",
-    "verify_api_request",
     "verify_channel_auth",
     "verify_user_auth",
     "webhook_signature",
@@ -169,26 +168,6 @@ class AppLookup(Protocol):
 
 def _auth_failed(message: str) -> ApiError:
     return ApiError(401, "auth_failed", message)
-
-
-def verify_api_request(
-    method: str,
-    raw_path: bytes | str,
-    query_string: bytes | str,
-    body: bytes,
-    settings: AppLookup,
-    *,
-    now: float,
-    route_app_id: str | None,
-) -> AppConfig:
-    """Authenticate a signed API request and return its app, or raise :class:`ApiError`.
-
-    :func:`verify_api_query` without the decoded query.
-    """
-    app, _ = verify_api_query(
-        method, raw_path, query_string, body, settings, now=now, route_app_id=route_app_id
-    )
-    return app
 
 
 def verify_api_query(

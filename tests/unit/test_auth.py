@@ -40,9 +40,10 @@ def verify(
     now: float = T0,
     route_app_id: str | None = "app-id",
 ) -> AppConfig:
-    return auth.verify_api_request(
+    app, _pairs = auth.verify_api_query(
         method, path, query, body, SETTINGS, now=now, route_app_id=route_app_id
     )
+    return app
 
 
 def signed(
