@@ -180,16 +180,22 @@ def _leave(
     socket_id: str,
     *,
     cause: str,
-    history: bool,
-    retention: Retention,
+    history: bool | None,
+    retention: Retention | None,
     dead_node_id: str | None = None,
     event_id: str | None = None,
 ) -> FoldResult:
+    """``history``/``retention`` ``None``: the presence-history policy the connection's join
+    carried (a cleaner does not know the channel's)."""
     ck = keys.channel_prefix(app_id, channel)
     conn = keys.connection_key(ck, user_id, incarnation, socket_id)
     raw_conn = kv.get(keys.PRESENCE, conn)
     if raw_conn is None:
         return _outcome(IGNORED, app_id, channel, reason="not_joined")
+    if history is None or retention is None:
+        policy = json.loads(raw_conn).get("r")
+        history = policy is not None
+        retention = Retention(*policy) if policy is not None else Retention()
     kv.delete(keys.PRESENCE, conn)
     kv.delete(keys.BY_NODE, keys.by_node_key(ctx.partition, incarnation, ck, user_id, socket_id))
     member_key = keys.member_key(ck, user_id)
@@ -307,15 +313,6 @@ def _node_dead(kv: KV, ctx: RecordContext, ev: NodeDeclaredDead) -> FoldResult:
     removed = 0
     for key, _ in list(kv.scan(keys.BY_NODE, prefix, keys.prefix_end(prefix))):
         app_id, channel, user_id, socket_id = keys.split_by_node_key(key)
-        # A cleaner does not know the channel's policy: the leave is recorded under the one
-        # the connection's join carried.
-        raw = kv.get(
-            keys.PRESENCE,
-            keys.connection_key(
-                keys.channel_prefix(app_id, channel), user_id, ev.incarnation, socket_id
-            ),
-        )
-        policy = json.loads(raw).get("r") if raw is not None else None
         result = _leave(
             kv,
             ctx,
@@ -325,8 +322,8 @@ def _node_dead(kv: KV, ctx: RecordContext, ev: NodeDeclaredDead) -> FoldResult:
             ev.incarnation,
             socket_id,
             cause="orphan_cleanup",
-            history=policy is not None,
-            retention=Retention(*policy) if policy is not None else Retention(),
+            history=None,  # the join's policy
+            retention=None,
             dead_node_id=ev.incarnation,
             event_id=ev.event_id,
         )
