@@ -15,8 +15,9 @@ Servers:
    ``sockudo:connection_established``, the frame sent is ``sockudo:subscribe`` to a public
    channel, the answer ``sockudo_internal:subscription_succeeded``.
 2. A bare ASGI app on uvicorn with the node's listener settings (``sockudo/node/serving.py``:
-   httptools, wsproto with the node's own opening handshake, ``fast_upgrade.py``): accept,
-   send one frame, echo what it receives; and the same on stock wsproto (h11 handshake).
+   httptools, the node's own WebSocket protocol, ``ws_protocol.py``): accept, send one frame,
+   echo what it receives; the same on wsproto with the node's opening handshake
+   (``fast_upgrade.py``, the node before ``ws_protocol.py``); and on stock wsproto (h11).
 3. A minimal asyncio protocol: httptools parses the upgrade request, the 101 answer and one
    frame are written by hand, frames are echoed. Not a server (no validation, no close
    handshake): the floor a leaner WebSocket layer could approach.
@@ -89,12 +90,14 @@ async def _echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.send", "text": message.get("text") or ""})
 
 
-def _serve_uvicorn(port: int, *, stock: bool) -> None:
+def _serve_uvicorn(port: int, *, wsproto: bool, stock: bool) -> None:
     import uvloop
 
-    from sockudo.node import fast_upgrade
+    from sockudo.node import fast_upgrade, ws_protocol
     from sockudo.node.serving import Listener, serve
 
+    if wsproto or stock:
+        ws_protocol.upgrade_from = lambda http: None  # every upgrade to the `ws` class
     if stock:
         from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
@@ -246,12 +249,18 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
-        "--serve", choices=["uvicorn", "uvicorn-stock", "minimal"], help=argparse.SUPPRESS
+        "--serve",
+        choices=["uvicorn", "uvicorn-wsproto", "uvicorn-stock", "minimal"],
+        help=argparse.SUPPRESS,
     )
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve in ("uvicorn", "uvicorn-stock"):
-        _serve_uvicorn(args.port, stock=args.serve == "uvicorn-stock")
+    if args.serve in ("uvicorn", "uvicorn-wsproto", "uvicorn-stock"):
+        _serve_uvicorn(
+            args.port,
+            wsproto=args.serve == "uvicorn-wsproto",
+            stock=args.serve == "uvicorn-stock",
+        )
         return
     if args.serve == "minimal":
         _serve_minimal(args.port)
@@ -273,6 +282,7 @@ def main() -> None:
             node.stop()
     for kind, label in (
         ("uvicorn", "bare ASGI app, node's uvicorn settings"),
+        ("uvicorn-wsproto", "bare ASGI app, uvicorn + wsproto, handshake without h11"),
         ("uvicorn-stock", "bare ASGI app, uvicorn + stock wsproto (h11 handshake)"),
         ("minimal", "minimal protocol (httptools upgrade, hand-written frames)"),
     ):

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
@@ -27,7 +28,7 @@ from wsproto.events import AcceptConnection, Event, Request
 from wsproto.handshake import H11Handshake, server_extensions_handshake
 from wsproto.utilities import generate_accept_token, split_comma_header
 
-__all__ = ["FastHandshake", "FastUpgradeWSProtocol"]
+__all__ = ["FastHandshake", "FastUpgradeWSProtocol", "Upgrade", "accept_head", "judge_upgrade"]
 
 _MAX_REQUEST = 16 * 1024
 """h11's limit on an incomplete request head: a longer one is h11's to refuse."""
@@ -114,30 +115,43 @@ class FastHandshake:
             self._fall_back(replay_events=False)
             assert self._h11 is not None
             return self._h11.send(event)
-        lines = [
-            b"HTTP/1.1 101 Switching Protocols",
-            b"Upgrade: websocket",
-            b"Connection: Upgrade",
-            b"Sec-WebSocket-Accept: " + generate_accept_token(self._key),
-        ]
-        if event.subprotocol is not None:
-            if event.subprotocol not in request.subprotocols:
-                self._fall_back(replay_events=False)
-                assert self._h11 is not None
-                return self._h11.send(event)  # raises wsproto's LocalProtocolError
-            lines.append(b"Sec-WebSocket-Protocol: " + event.subprotocol.encode("ascii"))
+        if event.subprotocol is not None and event.subprotocol not in request.subprotocols:
+            self._fall_back(replay_events=False)
+            assert self._h11 is not None
+            return self._h11.send(event)  # raises wsproto's LocalProtocolError
+        extensions = b""
         if event.extensions:
             accepts = server_extensions_handshake(list(request.extensions), event.extensions)  # type: ignore[arg-type]
-            if accepts:
-                lines.append(b"Sec-WebSocket-Extensions: " + accepts)
-        for name, value in event.extra_headers:
-            lines.append(bytes(name) + b": " + bytes(value))
+            extensions = accepts or b""
+        head = accept_head(self._key, event.subprotocol, extensions, event.extra_headers)
         self._connection = Connection(ConnectionType.SERVER, event.extensions)
         self._state = ConnectionState.OPEN
         if self._after:
             self._connection.receive_data(self._after)
             self._after = b""
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+        return head
+
+
+def accept_head(
+    key: bytes,
+    subprotocol: str | None,
+    extensions: bytes,
+    extra_headers: Iterable[tuple[bytes, bytes]],
+) -> bytes:
+    """The 101 answer to an upgrade request carrying ``key``, byte for byte as h11 writes it."""
+    lines = [
+        b"HTTP/1.1 101 Switching Protocols",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Accept: " + generate_accept_token(key),
+    ]
+    if subprotocol is not None:
+        lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("ascii"))
+    if extensions:
+        lines.append(b"Sec-WebSocket-Extensions: " + extensions)
+    for name, value in extra_headers:
+        lines.append(bytes(name) + b": " + bytes(value))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def _parse(head: bytes) -> tuple[Request, bytes] | None:
@@ -147,7 +161,41 @@ def _parse(head: bytes) -> tuple[Request, bytes] | None:
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
         return None
-    target = parts[1]
+    pairs: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            return None
+        pairs.append((name, value))
+    upgrade = judge_upgrade(parts[1], pairs)
+    if upgrade is None:
+        return None
+    request = Request(
+        host=upgrade.host,
+        target=upgrade.target,
+        extensions=upgrade.extensions,
+        extra_headers=upgrade.headers,
+        subprotocols=upgrade.subprotocols,
+    )
+    return request, upgrade.key
+
+
+@dataclass(slots=True)
+class Upgrade:
+    """A valid WebSocket upgrade request, as wsproto's ``Request`` event would describe it."""
+
+    target: str
+    host: str
+    key: bytes
+    subprotocols: list[str]
+    extensions: list[str]
+    headers: list[tuple[bytes, bytes]]
+    """Lower-case names, in request order, without host, extensions and subprotocols."""
+
+
+def judge_upgrade(target: bytes, pairs: Iterable[tuple[bytes, bytes]]) -> Upgrade | None:
+    """The upgrade a GET HTTP/1.1 request for ``target`` with header ``pairs`` (names as sent,
+    values unstripped) asks for, when h11 and wsproto would both accept it; else ``None``."""
     if not _TARGET.fullmatch(target):
         return None
     connection: list[str] | None = None
@@ -156,9 +204,8 @@ def _parse(head: bytes) -> tuple[Request, bytes] | None:
     host = key = version = None
     upgrade = b""
     headers: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.fullmatch(name):
+    for name, value in pairs:
+        if not _TOKEN.fullmatch(name):
             return None  # also folded continuation lines, which start with whitespace
         value = value.strip(b" \t")
         if not _VALUE.fullmatch(value):
@@ -198,14 +245,7 @@ def _parse(head: bytes) -> tuple[Request, bytes] | None:
         or host is None
     ):
         return None  # wsproto's own errors, from its own path
-    request = Request(
-        host=host,
-        target=target.decode("ascii"),
-        extensions=extensions,
-        extra_headers=headers,
-        subprotocols=subprotocols,
-    )
-    return request, key
+    return Upgrade(target.decode("ascii"), host, key, subprotocols, extensions, headers)
 
 
 class FastUpgradeWSProtocol(WSProtocol):

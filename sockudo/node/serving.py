@@ -71,7 +71,7 @@ async def _serve_uvicorn(
     import uvicorn
 
     from sockudo.node.fast_upgrade import FastUpgradeWSProtocol
-    from sockudo.node.http_writes import CoalescingHttpProtocol
+    from sockudo.node.ws_protocol import UpgradingHttpProtocol
 
     class Server(uvicorn.Server):
         """A uvicorn server that leaves signals to the node (it installs its own handlers)."""
@@ -85,9 +85,10 @@ async def _serve_uvicorn(
         host=listener.host,
         port=listener.port,
         loop="none",
-        # httptools, each response's head and body in one write (http_writes.py).
-        http=CoalescingHttpProtocol,
+        # httptools, each response's head and body in one write (http_writes.py); valid
+        # WebSocket upgrades go to the node's own protocol (ws_protocol.py), the rest to
         # wsproto, with the opening handshake read and answered without h11 (fast_upgrade.py).
+        http=UpgradingHttpProtocol,
         ws=FastUpgradeWSProtocol,
         ws_max_size=listener.websocket_max_message_size,
         ws_ping_interval=None,

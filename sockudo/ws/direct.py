@@ -89,6 +89,10 @@ def _uvicorn_stream(send: Any) -> tuple[Any, Transport] | None:
     except ImportError:  # pragma: no cover - uvicorn is a dependency
         return None
     protocol = getattr(send, "__self__", None)
+    if isinstance(getattr(protocol, "frame_clock", None), FrameClock):
+        # The node's own protocol (sockudo/node/ws_protocol.py) keeps the clock itself.
+        transport = getattr(protocol, "transport", None)
+        return (protocol, transport) if _is_transport(transport) else None
     if not isinstance(protocol, WSProtocol):
         return None
     conn = getattr(protocol, "conn", None)
@@ -127,8 +131,21 @@ def transport_of(scope: Scope) -> Transport | None:
     return cast(Transport, transport) if transport is not None else None
 
 
-class InboundWatch:
-    """When the server last read a frame of one socket, and a WebSocket Ping in particular.
+class FrameClock:
+    """When the server last read a frame of one socket, and a WebSocket Ping in particular,
+    on ``time.monotonic()``, the clock of the session's deadlines."""
+
+    # One per connection: slots keep it at a few dozen bytes.
+    __slots__ = ("last_frame", "last_ping")
+
+    def __init__(self) -> None:
+        self.last_frame = NEVER
+        """Any frame, control frames (Ping, Pong, Close) included."""
+        self.last_ping = NEVER
+
+
+class InboundWatch(FrameClock):
+    """A :class:`FrameClock` kept by watching a wsproto connection's events.
 
     Installed in place of the socket's ``wsproto.Connection.events``, which the server
     iterates after every read (Hypercorn's ``WSStream``, uvicorn's ``WSProtocol`` through
@@ -137,14 +154,11 @@ class InboundWatch:
     session's deadlines.
     """
 
-    # One per connection: slots keep it at a few dozen bytes.
-    __slots__ = ("_events", "last_frame", "last_ping")
+    __slots__ = ("_events",)
 
     def __init__(self, events: Callable[[], Iterator[object]]) -> None:
+        super().__init__()
         self._events = events
-        self.last_frame = NEVER
-        """Any frame, control frames (Ping, Pong, Close) included."""
-        self.last_ping = NEVER
 
     def __call__(self) -> Iterator[object]:
         for event in self._events():
@@ -155,7 +169,7 @@ class InboundWatch:
             yield event
 
 
-def watch_inbound(scope: Scope) -> InboundWatch | None:
+def watch_inbound(scope: Scope) -> FrameClock | None:
     """Start watching the inbound frames of an accepted socket; ``None`` without the extension.
 
     Call it after ``websocket.accept()``: the server creates the socket's wsproto connection
@@ -165,6 +179,9 @@ def watch_inbound(scope: Scope) -> InboundWatch | None:
     stream = (scope.get("extensions") or {}).get(INBOUND)
     if stream is None:
         return None
+    clock = getattr(stream, "frame_clock", None)
+    if isinstance(clock, FrameClock):
+        return clock
     connection = getattr(stream, "connection", None)
     if not isinstance(connection, Connection):
         return None

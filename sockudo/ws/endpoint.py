@@ -191,7 +191,7 @@ async def websocket_v1(websocket: WebSocket) -> None:
     socket_id = new_socket_id(hub.has_socket)
     outbox = Outbox(socket_id, app.id, egress=egress)
     transport = direct.transport_of(websocket.scope)
-    watch: direct.InboundWatch | None = None
+    watch: direct.FrameClock | None = None
     if transport is not None:
         outbox.attach(transport)
         # Control frames the server answers itself (client Pings, Pongs) count as activity.
@@ -357,7 +357,7 @@ async def _read(
     env: effects.SocketEnv,
     writer: _Writer,
     max_bytes: int,
-    watch: direct.InboundWatch | None = None,
+    watch: direct.FrameClock | None = None,
     beats: NativeHeartbeat | None = None,
 ) -> None:
     """Inbound frames until the client leaves or the writer has closed the socket."""
@@ -399,7 +399,7 @@ async def _read(
 
 
 async def _tick(
-    env: effects.SocketEnv, watch: direct.InboundWatch | None, beats: NativeHeartbeat | None
+    env: effects.SocketEnv, watch: direct.FrameClock | None, beats: NativeHeartbeat | None
 ) -> None:
     """A deadline passed: the native heartbeat's (spec 02 §10.1), then the session's."""
     session, outbox = env.session, env.outbox

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 TEXT = 0x1
 BINARY = 0x2
+CLOSE = 0x8
 PING = 0x9
 PONG = 0xA
 FIN = 0x80
@@ -49,3 +50,26 @@ def payload_length(wire: bytes) -> int:
     """Payload bytes of a frame :func:`encode_frame` built (metrics count payloads)."""
     marker = wire[1]
     return len(wire) - (2 if marker < 126 else 4 if marker == 126 else 10)
+
+
+_NO_CODE = 1005
+_LOCAL_ONLY_CODES = frozenset({1005, 1006, 1015})
+"""Close codes a peer must never send (RFC 6455 §7.4.1): written as 1000, as wsproto does."""
+
+
+def control_frame(opcode: int, payload: bytes) -> bytes:
+    """A final, unmasked control frame (``payload`` of at most 125 bytes)."""
+    return bytes((FIN | opcode, len(payload))) + payload
+
+
+def close_frame(code: int | None, reason: str = "") -> bytes:
+    """The server's close frame: no payload for ``None`` or 1005, else the code and the reason
+    cut to fit 125 bytes at a character boundary."""
+    if code is None or code == _NO_CODE:
+        return control_frame(CLOSE, b"")
+    if code in _LOCAL_ONLY_CODES:
+        code = 1000
+    data = reason.encode("utf-8")
+    if len(data) > 123:
+        data = data[:123].decode("utf-8", errors="ignore").encode("utf-8")
+    return control_frame(CLOSE, code.to_bytes(2, "big") + data)

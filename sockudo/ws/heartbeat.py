@@ -3,7 +3,7 @@
 The server pings every ``max(ping_interval, activity_timeout / 2)`` seconds; a ping that no
 inbound frame (its Pong or anything else) follows within ``pong_timeout`` closes the socket with
 4201. Time is passed in: the endpoint writes the Ping frames to the socket's transport and
-learns when frames arrived from :class:`sockudo.ws.direct.InboundWatch`. Without those (another
+learns when frames arrived from :class:`sockudo.ws.direct.FrameClock`. Without those (another
 ASGI server, HTTP/2) the session's ``sockudo:ping`` fallback runs instead (spec 02 §10.2).
 """
 
