@@ -157,7 +157,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
 # --- HTTP call metrics --------------------------------------------------------------------------
 
 
-def _metered_app(scope: Scope) -> str | None:
+def metered_app(scope: Scope) -> str | None:
     """The ``app_id`` label of a metered call, or ``None`` for paths that are not counted."""
     path: str = scope.get("path", "")
     parts = path.strip("/").split("/")
@@ -190,7 +190,7 @@ class HttpMetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        app_id = _metered_app(scope)
+        app_id = metered_app(scope)
         if app_id is None:
             await self.app(scope, receive, send)
             return

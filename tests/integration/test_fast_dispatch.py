@@ -202,3 +202,49 @@ async def test_cors_and_routing_edges(app: NodeApp, monkeypatch: pytest.MonkeyPa
         fast_lane=False,
     )
     assert status == 404
+
+
+async def test_plain_requests_get_vary_origin_and_errors_the_500_handler(
+    app: NodeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sockudo.node.app import PlainHttp
+
+    lanes = [lane for routes in app._fast.values() for _, lane in routes]
+    # publish, batch publish, history (GET and HEAD)
+    assert sum(isinstance(lane, PlainHttp) for lane in lanes) == 4
+    path = f"/apps/{APP_ID}/events"
+    status, headers, _, _ = await both(
+        app, lambda: request("POST", path, publish_body()), monkeypatch
+    )
+    assert (b"vary", b"Origin") in headers  # Starlette's CORS adds it without an Origin too
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("an unexpected failure")
+
+    monkeypatch.setattr(ChannelService, "publish", broken)
+    status, headers, _, calls = await both(
+        app, lambda: request("POST", path, publish_body()), monkeypatch
+    )
+    assert status == 500
+    assert b"vary" not in dict(headers)  # the 500 is sent past CORS, as Starlette does
+    assert calls == [(APP_ID, len(publish_body()), 0)]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [(b"content-type", b"text/plain")],
+        [(b"vary", b"Accept")],
+        [(b"vary", b"Accept"), (b"x", b"1"), (b"vary", b"Cookie")],
+    ],
+)
+def test_vary_origin_is_what_starlette_cors_sets(headers: list[tuple[bytes, bytes]]) -> None:
+    from starlette.datastructures import MutableHeaders
+
+    from sockudo.node.app import _vary_origin
+
+    message: dict[str, Any] = {"headers": list(headers)}
+    expected = MutableHeaders(scope=message)
+    expected["Vary"] = ", ".join([*expected.getlist("Vary"), "Origin"])
+    assert _vary_origin(headers) == message["headers"]
