@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from typing import Any, cast
@@ -82,6 +83,10 @@ class NodeWSProtocol(asyncio.Protocol):
         self.reader = frames.FrameReader(config.ws_max_size)
         self.queue: deque[dict[str, Any]] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = math.inf
+        """The deadline of the :meth:`receive_until` in progress."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._early = b""
         """Bytes a client sent before our 101 went out, read once it has."""
         self.handshake_complete = False
@@ -131,6 +136,9 @@ class NodeWSProtocol(asyncio.Protocol):
         self.handshake_complete = True
         self.disconnected = True
         self.writable.set()  # asyncio never resumes writing on a lost transport
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = None
@@ -200,11 +208,7 @@ class NodeWSProtocol(asyncio.Protocol):
 
     def _put(self, message: dict[str, Any]) -> None:
         self.queue.append(message)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.wake()
 
     def _closed_by_peer(self, event: frames.Event) -> None:
         if self.close_sent:
@@ -232,18 +236,72 @@ class NodeWSProtocol(asyncio.Protocol):
     async def receive(self) -> dict[str, Any]:
         queue = self.queue
         while not queue:
-            waiter = self.loop.create_future()
-            self._waiter = waiter
-            try:
-                await waiter
-            finally:
-                if self._waiter is waiter:
-                    self._waiter = None
+            await self._wait()
+        return self._take()
+
+    async def receive_until(self, deadline: float) -> dict[str, Any] | None:
+        """The next message, or ``None`` once ``time.monotonic()`` reaches ``deadline`` or
+        :meth:`wake` is called (``sockudo.ws.direct.DeadlineReceiver``).
+
+        The endpoint waits this way for every message with the session's next deadline, which
+        moves with each one. Instead of a timer set and cancelled per message, the socket keeps
+        one: it only moves earlier at once; when it fires early it is set again for the
+        deadline then current.
+        """
+        if not self.queue:
+            if deadline <= time.monotonic():
+                # Still a suspension point, as a wait that times out at once is: a caller
+                # looping on past deadlines must let the writer it is waiting for run.
+                await asyncio.sleep(0)
+                return self._take() if self.queue else None
+            self._deadline = deadline
+            if deadline != math.inf and (self._timer is None or deadline < self._timer_at):
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._set_timer(deadline)
+            await self._wait()
+            if not self.queue:
+                return None
+        return self._take()
+
+    def wake(self) -> None:
+        """End a :meth:`receive_until` wait now, with ``None``."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = self.loop.create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def _take(self) -> dict[str, Any]:
+        queue = self.queue
         message = queue.popleft()
         if self.read_paused and not queue:
             self.read_paused = False
             self.transport.resume_reading()
         return message
+
+    def _set_timer(self, at: float) -> None:
+        self._timer_at = at
+        self._timer = self.loop.call_later(max(0.0, at - time.monotonic()), self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self._waiter is None:
+            return  # nobody waits: the next receive_until sets it again
+        if time.monotonic() < self._deadline:
+            if self._deadline != math.inf:
+                self._set_timer(self._deadline)  # the deadline moved on since it was set
+            return
+        self.wake()
 
     # --- outbound ---------------------------------------------------------------------------------
 

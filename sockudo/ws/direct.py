@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeGuard, cast
+from typing import Any, Protocol, TypeGuard, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from wsproto.connection import Connection
@@ -167,6 +167,29 @@ class InboundWatch(FrameClock):
             if isinstance(event, Ping):
                 self.last_ping = now
             yield event
+
+
+class DeadlineReceiver(Protocol):
+    """A server's receive with a deadline of its own (the node's ``NodeWSProtocol``)."""
+
+    async def receive_until(self, deadline: float) -> dict[str, Any] | None:
+        """The next ASGI message, or ``None`` at ``deadline`` (``time.monotonic()``) or after
+        :meth:`wake`."""
+        ...
+
+    def wake(self) -> None: ...
+
+
+def deadline_receiver(scope: Scope) -> DeadlineReceiver | None:
+    """The socket's server-side receiver with deadlines, when the server has one.
+
+    ``asyncio.timeout`` around each ``receive`` sets and cancels a timer per message; a
+    receiver of this kind keeps one timer per socket instead.
+    """
+    stream = (scope.get("extensions") or {}).get(INBOUND)
+    if stream is None or not callable(getattr(stream, "receive_until", None)):
+        return None
+    return cast(DeadlineReceiver, stream)
 
 
 def watch_inbound(scope: Scope) -> FrameClock | None:

@@ -20,6 +20,7 @@ from typing import Protocol
 from urllib.parse import parse_qsl
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from sockudo import metrics, origins
@@ -269,13 +270,15 @@ class _Writer:
     task, coroutines or wake-up event (~2 KiB of its footprint).
     """
 
-    __slots__ = ("_outbox", "_task", "_websocket", "waiting")
+    __slots__ = ("_outbox", "_task", "_websocket", "waiting", "wake")
 
     def __init__(self, websocket: WebSocket, outbox: Outbox) -> None:
         self._websocket = websocket
         self._outbox = outbox
         self._task: asyncio.Task[None] | None = None
         self.waiting: asyncio.Timeout | None = None
+        self.wake: Callable[[], None] | None = None
+        """Ends the read loop's wait when the server waits with the deadline itself."""
         """The read loop's wait for a frame: the writer's end expires it (see :func:`_read`)."""
         outbox.on_close_request = self.start
 
@@ -294,6 +297,8 @@ class _Writer:
         return self._task is not None and self._task.done()
 
     def _finished(self, _task: asyncio.Task[None]) -> None:
+        if self.wake is not None:
+            self.wake()
         waiting = self.waiting
         if waiting is not None and not waiting.expired():
             waiting.reschedule(asyncio.get_running_loop().time())
@@ -362,25 +367,20 @@ async def _read(
 ) -> None:
     """Inbound frames until the client leaves or the writer has closed the socket."""
     session, outbox = env.session, env.outbox
+    receiver = direct.deadline_receiver(websocket.scope)
+    if receiver is not None:
+        writer.wake = receiver.wake
     while not writer.done():
         deadline = session.next_deadline()
         if beats is not None:
             deadline = min(deadline, beats.next_deadline())
-        timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
-        # An idle socket waits here, in the endpoint's own task: no receive task and no
-        # asyncio.wait machinery per socket. The deadline, or the writer's end (a close, be it
-        # fanout's 4100, shutdown's 4200 or our own 4201/1009, has gone out), expires the wait;
-        # cancelling the receive loses nothing, the server's queue keeps the message.
-        try:
-            async with asyncio.timeout(timeout) as waiting:
-                writer.waiting = waiting
-                try:
-                    message = await websocket.receive()
-                finally:
-                    writer.waiting = None
-        except TimeoutError:
-            if not waiting.expired():
-                raise
+        message: Message | None
+        if receiver is not None:
+            # The server waits with the deadline itself; the writer's end wakes it.
+            message = await receiver.receive_until(deadline)
+        else:
+            message = await _receive_until(websocket, writer, deadline)
+        if message is None:
             if not writer.done():
                 await _tick(env, watch, beats)
             continue
@@ -396,6 +396,26 @@ async def _read(
             outbox.request_close(MESSAGE_TOO_BIG, "Message too big")
             continue  # the writer sends the close; the loop ends when it is done
         await _apply(session.handle(raw, time.monotonic()), env)
+
+
+async def _receive_until(websocket: WebSocket, writer: _Writer, deadline: float) -> Message | None:
+    """``websocket.receive()``, or ``None`` at ``deadline`` or when the writer has ended."""
+    timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+    # An idle socket waits here, in the endpoint's own task: no receive task and no
+    # asyncio.wait machinery per socket. The deadline, or the writer's end (a close, be it
+    # fanout's 4100, shutdown's 4200 or our own 4201/1009, has gone out), expires the wait;
+    # cancelling the receive loses nothing, the server's queue keeps the message.
+    try:
+        async with asyncio.timeout(timeout) as waiting:
+            writer.waiting = waiting
+            try:
+                return await websocket.receive()
+            finally:
+                writer.waiting = None
+    except TimeoutError:
+        if not waiting.expired():
+            raise
+        return None
 
 
 async def _tick(

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import os
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,9 @@ def make_app(seen: Seen) -> Callable[..., Any]:
                 return
             if path == "/boom":
                 raise RuntimeError("application failed before the accept")
+            if path == "/deadlines":
+                await deadlines(send)
+                return
             await send(
                 {
                     "type": "websocket.accept",
@@ -89,6 +93,38 @@ def make_app(seen: Seen) -> Callable[..., Any]:
             seen.done.set()
 
     return app
+
+
+async def deadlines(send: Send) -> None:
+    """Waits with ``receive_until`` as the endpoint does; reports each outcome as a frame."""
+    protocol = send.__self__  # type: ignore[attr-defined]
+    await send({"type": "websocket.accept"})
+    loop = asyncio.get_running_loop()
+
+    async def wait(seconds: float) -> str:
+        began = time.monotonic()
+        message = await protocol.receive_until(began + seconds)
+        took = time.monotonic() - began
+        got = "none" if message is None else message.get("text", message["type"])
+        return f"{got}:{took:.3f}"
+
+    results = [
+        await wait(0.2),  # nothing arrives: None at the deadline
+        await wait(0.3),  # the client's "a" at ~0.1 s comes first (timer left at +0.3)
+        await wait(0.6),  # a later deadline: the old timer fires early and is set again
+        await wait(1.0),  # "b" at ~0.1 s leaves a timer pending at +1.0 ...
+        await wait(0.2),  # ... which this earlier deadline must not wait for
+    ]
+    loop.call_later(0.1, protocol.wake)
+    results.append(await wait(5.0))  # woken
+    ran: list[int] = []
+    loop.call_soon(ran.append, 1)
+    # A deadline already past answers None, but only after letting other work run: the
+    # endpoint loops on such deadlines while its writer (another task) sends the close.
+    past = await protocol.receive_until(time.monotonic() - 1)
+    results.append(f"{'yielded' if ran else 'spun'}:{past}")
+    await send({"type": "websocket.send", "text": " ".join(results)})
+    await send({"type": "websocket.close", "code": 1000})
 
 
 @dataclass
@@ -337,3 +373,29 @@ async def test_shutdown_closes_open_sockets_with_1012() -> None:
     for _head, rest, messages, _server in await both(shut):
         assert frames_of(rest) == [(0x8, struct.pack("!H", 1012))]
         assert messages[-1] == {"type": "websocket.disconnect", "code": 1012}
+
+
+async def test_receive_until_deadlines_and_wake() -> None:
+    async with running("node") as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(upgrade("/deadlines"))
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        await asyncio.sleep(0.3)
+        writer.write(frame(0x1, b"a"))
+        await asyncio.sleep(0.7)
+        writer.write(frame(0x1, b"b"))
+        rest = await asyncio.wait_for(reader.read(-1), 15)
+        writer.close()
+        await asyncio.wait_for(server.seen.done.wait(), 15)
+    (text, _close) = frames_of(rest)
+    outcomes = [part.split(":") for part in text[1].decode().split()]
+    assert outcomes[-1] == ["yielded", "None"]
+    outcomes = outcomes[:-1]
+    assert [got for got, _ in outcomes] == ["none", "a", "none", "b", "none", "none"]
+    took = [float(t) for _, t in outcomes]
+    assert 0.19 <= took[0] < 0.5
+    assert took[1] < 0.3
+    assert 0.59 <= took[2] < 0.95
+    assert took[3] < 1.0
+    assert 0.19 <= took[4] < 0.6
+    assert 0.09 <= took[5] < 1.0
