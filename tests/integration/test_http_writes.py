@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from sockudo.node.http_writes import HeldHead
 from sockudo.node.serving import Listener, serve
-from tests.integration.test_ws_direct_servers import free_port
+from tests.support.ports import free_port, wait_accepting
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -54,13 +54,7 @@ async def port() -> Any:
     stop = asyncio.Event()
     port = free_port()
     task = asyncio.create_task(serve("uvicorn", app, Listener("127.0.0.1", port), stop.wait))
-    for _ in range(100):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.05)
+    await wait_accepting(port)
     yield port
     stop.set()
     await asyncio.wait_for(task, 10)

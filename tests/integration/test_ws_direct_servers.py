@@ -8,8 +8,6 @@ instead of the node silently falling back to the slow ASGI send path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 
 import pytest
 import uvloop
@@ -21,6 +19,7 @@ from sockudo.node.serving import Listener, serve
 from sockudo.ws import direct
 from sockudo.ws.direct import transport_of, watch_inbound, with_transport_extension
 from sockudo.ws.framing import PING_FRAME, encode_frame
+from tests.support.ports import free_port, wait_accepting
 
 seen: list[bool] = []
 
@@ -41,13 +40,6 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "websocket.close", "code": 4321, "reason": "done"})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def start(
     server: HttpServer, asgi: ASGIApp, stop: asyncio.Event
 ) -> tuple[int, asyncio.Task[None]]:
@@ -55,12 +47,7 @@ async def start(
     port = free_port()
     listener = Listener("127.0.0.1", port, graceful_timeout_s=1.0)
     task = asyncio.create_task(serve(server, with_transport_extension(asgi), listener, stop.wait))
-    for _ in range(100):
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            break
-        await asyncio.sleep(0.05)
+    await wait_accepting(port)
     return port, task
 
 

@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from sockudo.node import ws_protocol
 from sockudo.node.serving import Listener, serve
-from tests.integration.test_ws_direct_servers import free_port
+from tests.support.ports import free_port, wait_accepting
 
 MAX_MESSAGE = 4096
 
@@ -146,13 +146,7 @@ async def running(kind: str) -> AsyncIterator[Server]:
         port = free_port()
         listener = Listener("127.0.0.1", port, websocket_max_message_size=MAX_MESSAGE)
         task = asyncio.create_task(serve("uvicorn", make_app(seen), listener, stop.wait))
-        for _ in range(100):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+        await wait_accepting(port)
         try:
             yield Server(kind, port, seen, stop)
         finally:

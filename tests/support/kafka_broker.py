@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.support.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_DEV_SCRIPT = REPO_ROOT / "tools" / "kafka-dev.sh"
 DEFAULT_KAFKA_VERSION = "4.0.2"
@@ -175,14 +177,6 @@ def java_major(java: str) -> int | None:
         return None
     major = int(match.group(1))
     return int(match.group(2) or 0) if major == 1 else major
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (the broker may still lose a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def new_cluster_id() -> str:
