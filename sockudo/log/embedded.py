@@ -57,6 +57,7 @@ from sockudo.errors import (
 )
 from sockudo.fastclass import fast_constructor
 from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec, Watchdog
+from sockudo.log.local_reader import LocalReader
 from sockudo.log.wal_sync import WalSync
 
 _new_record = fast_constructor(LogRecord)
@@ -914,7 +915,7 @@ def _scan(
     return out, positions
 
 
-class EmbeddedReader:
+class EmbeddedReader(LocalReader):
     """A ``LogReader`` over one topic of an ``EmbeddedLog``.
 
     Reads only durable records (offsets below each partition's committed end). At the end of
@@ -923,88 +924,23 @@ class EmbeddedReader:
     Partitions take turns going first, so one busy partition cannot starve the others.
     """
 
-    def __init__(self, log: EmbeddedLog, topic: str, positions: Mapping[int, int]) -> None:
-        self._log = log
-        self._topic_name = topic
-        self._positions: dict[int, int] = dict(positions)
-        self._rotation = 0
-        self._closed = False
+    _log: EmbeddedLog
 
-    def _topic(self) -> _Topic:
-        if self._closed:
-            raise LogUnavailable("reader is closed")
-        t = self._log._topic(self._topic_name)
-        for p in self._positions:
-            if not 0 <= p < len(t.parts):
-                raise UnknownTopic(
-                    f"topic {self._topic_name} has {len(t.parts)} partitions, no partition {p}"
-                )
-        return t
-
-    async def poll(self, max_records: int, timeout_ms: int) -> list[LogRecord]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
-        while True:
-            t = self._topic()
-            todo = self._readable(t)
-            if todo:
-                records, positions = await self._log._on_reader(
-                    _scan, t.cf, self._topic_name, todo, max(1, max_records)
-                )
-                self._positions.update(positions)
-                if records:
-                    return records
-                continue  # only compaction gaps were left: positions moved, look again
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return []
-            waiter: asyncio.Future[None] = loop.create_future()
-            t.waiters.append(waiter)
-            timer = loop.call_later(remaining, _resolve, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                if waiter in t.waiters:
-                    t.waiters.remove(waiter)
-
-    def _readable(self, t: _Topic) -> list[tuple[int, int, int]]:
-        """Partitions with durable records past the position, starting at a rotating index."""
-        order = sorted(self._positions)
-        if not order:
+    async def _read(self, t: _Topic, order: list[int], max_records: int) -> list[LogRecord] | None:
+        todo = [
+            (p, position, t.parts[p].end)
+            for p in order
+            if (position := self._positions[p]) < t.parts[p].end
+        ]
+        if not todo:
             return []
-        k = self._rotation % len(order)
-        self._rotation += 1
-        todo = []
-        for p in order[k:] + order[:k]:
-            ps = t.parts[p]
-            position = self._positions[p]
-            # Past the end is an error too, as on Kafka with auto_offset_reset="none".
-            if position < ps.start or position > ps.end:
-                raise OffsetOutOfRange(
-                    ps.start,
-                    ps.end,
-                    f"{self._topic_name}[{p}] offset {position} out of range: "
-                    f"log_start={ps.start} end={ps.end}",
-                )
-            if position < ps.end:
-                todo.append((p, position, ps.end))
-        return todo
-
-    def position(self, partition: int) -> int:
-        return self._positions[partition]
-
-    async def seek(self, partition: int, offset: int) -> None:
-        if self._closed:
-            raise LogUnavailable("reader is closed")
-        self._log._partition(self._topic_name, partition)
-        self._positions[partition] = offset
+        records, positions = await self._log._on_reader(
+            _scan, t.cf, self._topic_name, todo, max_records
+        )
+        self._positions.update(positions)
+        # Only compaction gaps were left: positions moved, look again.
+        return records or None
 
     async def close(self) -> None:
-        self._closed = True
+        await super().close()
         self._log._forget_reader(self)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

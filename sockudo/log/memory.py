@@ -22,6 +22,7 @@ from sockudo.errors import (
     UnknownTopic,
 )
 from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec
+from sockudo.log.local_reader import LocalReader
 
 __all__ = ["MemoryLog", "MemoryReader"]
 
@@ -228,64 +229,10 @@ class MemoryLog:
         return MemoryReader(self, topic, positions)
 
 
-class MemoryReader:
+class MemoryReader(LocalReader):
     """Reads a ``MemoryLog`` topic from explicit positions, waiting at the end."""
 
-    def __init__(self, log: MemoryLog, topic: str, positions: Mapping[int, int]) -> None:
-        self._log = log
-        self._topic_name = topic
-        self._positions = dict(positions)
-        self._rotation = 0
-        self._closed = False
-
-    def _topic(self) -> _Topic:
-        if self._closed:
-            raise LogUnavailable("reader is closed")
-        t = self._log._topic(self._topic_name)
-        for p in self._positions:
-            if not 0 <= p < len(t.parts):
-                raise UnknownTopic(
-                    f"topic {self._topic_name} has {len(t.parts)} partitions, no partition {p}"
-                )
-        return t
-
-    async def poll(self, max_records: int, timeout_ms: int) -> list[LogRecord]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
-        while True:
-            t = self._topic()
-            out = self._take(t, max(1, max_records))
-            if out:
-                return out
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return []
-            waiter: asyncio.Future[None] = loop.create_future()
-            t.waiters.append(waiter)
-            timer = loop.call_later(remaining, _resolve, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                if waiter in t.waiters:
-                    t.waiters.remove(waiter)
-
-    def _take(self, t: _Topic, max_records: int) -> list[LogRecord]:
-        order = sorted(self._positions)
-        if not order:
-            return []
-        k = self._rotation % len(order)
-        self._rotation += 1
-        order = order[k:] + order[:k]
-        for p in order:  # every position is checked before anything is read
-            part, position = t.parts[p], self._positions[p]
-            if position < part.start or position > part.end:
-                raise OffsetOutOfRange(
-                    part.start,
-                    part.end,
-                    f"{self._topic_name}[{p}] offset {position} out of range: "
-                    f"log_start={part.start} end={part.end}",
-                )
+    async def _read(self, t: _Topic, order: list[int], max_records: int) -> list[LogRecord] | None:
         out: list[LogRecord] = []
         for p in order:
             budget = max_records - len(out)
@@ -297,20 +244,3 @@ class MemoryReader:
             out += taken
             self._positions[p] = taken[-1].offset + 1 if len(taken) == budget else part.end
         return out
-
-    def position(self, partition: int) -> int:
-        return self._positions[partition]
-
-    async def seek(self, partition: int, offset: int) -> None:
-        if self._closed:
-            raise LogUnavailable("reader is closed")
-        self._log._partition(self._topic_name, partition)
-        self._positions[partition] = offset
-
-    async def close(self) -> None:
-        self._closed = True
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
