@@ -207,37 +207,10 @@ broker_pid() {
   echo "$pid"
 }
 
+# Spec 05 §2.6, the template the test harness renders too (tests/support/kafka_broker.py).
 write_properties() {
-  cat >"$DIR/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-log.dirs=$DIR/data
-auto.create.topics.enable=false
-num.partitions=1
-default.replication.factor=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-num.network.threads=2
-num.io.threads=2
-background.threads=2
-num.recovery.threads.per.data.dir=1
-log.cleaner.threads=1
-log.cleaner.dedupe.buffer.size=16777216
-log.cleaner.backoff.ms=1000
-log.retention.check.interval.ms=5000
-EOF
+  sed -e "s|{PORT}|$PORT|g" -e "s|{CPORT}|$CPORT|g" -e "s|{DATA}|$DIR/data|g" \
+    "$SCRIPT_DIR/kafka-dev/server.properties" >"$DIR/server.properties"
 }
 
 cmd_start() {

@@ -73,37 +73,8 @@ _TOOL_JVM_OPTS = (
     "-Dslf4j.provider=org.slf4j.simple.SimpleServiceProvider",
 )
 
-# Spec 05 §2.6, verbatim. Placeholders: {PORT}, {CPORT}, {DATA}.
-SERVER_PROPERTIES = """\
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{CPORT}
-listeners=PLAINTEXT://127.0.0.1:{PORT},CONTROLLER://127.0.0.1:{CPORT}
-advertised.listeners=PLAINTEXT://127.0.0.1:{PORT}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-log.dirs={DATA}
-auto.create.topics.enable=false
-num.partitions=1
-default.replication.factor=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-num.network.threads=2
-num.io.threads=2
-background.threads=2
-num.recovery.threads.per.data.dir=1
-log.cleaner.threads=1
-log.cleaner.dedupe.buffer.size=16777216
-log.cleaner.backoff.ms=1000
-log.retention.check.interval.ms=5000
-"""
+# Spec 05 §2.6, verbatim, shared with tools/kafka-dev.sh. Placeholders: {PORT}, {CPORT}, {DATA}.
+SERVER_PROPERTIES = (REPO_ROOT / "tools" / "kafka-dev" / "server.properties").read_text()
 
 T = TypeVar("T")
 
