@@ -180,6 +180,32 @@ def metered_app(scope: Scope) -> str | None:
     return app_id
 
 
+class BodyBytes:
+    """The body bytes of one metered call, both ways, counted as they pass (spec 01 §7.4)."""
+
+    __slots__ = ("_receive", "app_id", "received", "sent")
+
+    def __init__(self, app_id: str, receive: Receive) -> None:
+        self.app_id = app_id
+        self._receive = receive
+        self.received = 0
+        self.sent = 0
+
+    async def receive(self) -> Message:
+        """The call's ``receive``, counting request body bytes."""
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+        return message
+
+    def count_sent(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            self.sent += len(message.get("body", b""))
+
+    def record(self) -> None:
+        metrics.http_call(self.app_id, self.received, self.sent)
+
+
 class HttpMetricsMiddleware:
     """Counts signed API calls and ``/up`` with their body bytes (spec 01 §7.4)."""
 
@@ -194,22 +220,13 @@ class HttpMetricsMiddleware:
         if app_id is None:
             await self.app(scope, receive, send)
             return
-        received = sent = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-            return message
+        counter = BodyBytes(app_id, receive)
 
         async def counting_send(message: Message) -> None:
-            nonlocal sent
-            if message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
+            counter.count_sent(message)
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, counting_send)
+            await self.app(scope, counter.receive, counting_send)
         finally:
-            metrics.http_call(app_id, received, sent)
+            counter.record()

@@ -17,7 +17,6 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sockudo import metrics
 from sockudo.errors import SockudoError
 from sockudo.http import channels as channels_api
 from sockudo.http import events, health, history, ops, revocations, users
@@ -242,32 +241,24 @@ class PlainHttp:
                 await self.stack(scope, receive, send)
                 return
         app_id = ops.metered_app(scope)
-        received = sent = 0
+        counter = ops.BodyBytes(app_id, receive) if app_id is not None else None
         started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-            return message
-
         async def plain_send(message: Message) -> None:
-            nonlocal sent, started
-            kind = message["type"]
-            if kind == "http.response.start":
+            nonlocal started
+            if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = _vary_origin(message.get("headers", ()))
-            elif kind == "http.response.body":
-                sent += len(message.get("body", b""))
+            elif counter is not None:
+                counter.count_sent(message)
             await send(message)
 
         try:
             try:
-                await self.app(scope, receive if app_id is None else counting_receive, plain_send)
+                await self.app(scope, receive if counter is None else counter.receive, plain_send)
             finally:
-                if app_id is not None:
-                    metrics.http_call(app_id, received, sent)
+                if counter is not None:
+                    counter.record()
         except Exception as exc:
             response = await self.handler(Request(scope), exc)
             if not started:
