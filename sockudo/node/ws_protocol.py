@@ -139,9 +139,7 @@ class NodeWSProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.close_timer is not None:
-            self.close_timer.cancel()
-            self.close_timer = None
+        self._stop_close_timer()
         if exc is None:
             self.transport.close()
 
@@ -192,9 +190,7 @@ class NodeWSProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """uvicorn's server shutdown: 1012 to an open socket, 500 to one not yet answered."""
         if self.close_sent:
-            if self.close_timer is not None:
-                self.close_timer.cancel()
-                self.close_timer = None
+            self._stop_close_timer()
             self.transport.close()
             return
         if self.handshake_complete:
@@ -213,9 +209,7 @@ class NodeWSProtocol(asyncio.Protocol):
     def _closed_by_peer(self, event: frames.Event) -> None:
         if self.close_sent:
             # The client answered our close (or broke the protocol meanwhile): the end.
-            if self.close_timer is not None:
-                self.close_timer.cancel()
-                self.close_timer = None
+            if self._stop_close_timer():
                 self.transport.close()
             return
         code, reason = cast(tuple[int, int, str], event)[1:]
@@ -224,6 +218,14 @@ class NodeWSProtocol(asyncio.Protocol):
         # A protocol fault closes the socket without a close frame, as uvicorn does.
         self._put({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.close()
+
+    def _stop_close_timer(self) -> bool:
+        """Cancel the wait for the client's close; whether one was running."""
+        timer, self.close_timer = self.close_timer, None
+        if timer is None:
+            return False
+        timer.cancel()
+        return True
 
     def _too_big(self) -> None:
         self.close_sent = True
