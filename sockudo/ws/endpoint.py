@@ -277,9 +277,9 @@ class _Writer:
         self._outbox = outbox
         self._task: asyncio.Task[None] | None = None
         self.waiting: asyncio.Timeout | None = None
+        """The read loop's wait for a frame: the writer's end expires it (see :func:`_read`)."""
         self.wake: Callable[[], None] | None = None
         """Ends the read loop's wait when the server waits with the deadline itself."""
-        """The read loop's wait for a frame: the writer's end expires it (see :func:`_read`)."""
         outbox.on_close_request = self.start
 
     def start(self) -> asyncio.Task[None]:

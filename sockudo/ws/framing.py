@@ -52,9 +52,11 @@ def payload_length(wire: bytes) -> int:
     return len(wire) - (2 if marker < 126 else 4 if marker == 126 else 10)
 
 
-_NO_CODE = 1005
-_LOCAL_ONLY_CODES = frozenset({1005, 1006, 1015})
-"""Close codes a peer must never send (RFC 6455 §7.4.1): written as 1000, as wsproto does."""
+NO_STATUS = 1005
+"""The close code of a close frame without one (RFC 6455 §7.1.5)."""
+LOCAL_ONLY_CLOSE_CODES = frozenset({1005, 1006, 1015})
+"""Close codes no peer may send (RFC 6455 §7.4.1): a server writes 1000 instead, as wsproto
+does, and a client's is a protocol fault."""
 
 
 def control_frame(opcode: int, payload: bytes) -> bytes:
@@ -65,9 +67,9 @@ def control_frame(opcode: int, payload: bytes) -> bytes:
 def close_frame(code: int | None, reason: str = "") -> bytes:
     """The server's close frame: no payload for ``None`` or 1005, else the code and the reason
     cut to fit 125 bytes at a character boundary."""
-    if code is None or code == _NO_CODE:
+    if code is None or code == NO_STATUS:
         return control_frame(CLOSE, b"")
-    if code in _LOCAL_ONLY_CODES:
+    if code in LOCAL_ONLY_CLOSE_CODES:
         code = 1000
     data = reason.encode("utf-8")
     if len(data) > 123:

@@ -20,20 +20,29 @@ from __future__ import annotations
 import codecs
 from typing import Any
 
-TEXT = 0x1
-BINARY = 0x2
-CLOSE = 0x8
-PING = 0x9
-PONG = 0xA
+from sockudo.ws.framing import BINARY, CLOSE, LOCAL_ONLY_CLOSE_CODES, NO_STATUS, PING, PONG, TEXT
+
+__all__ = [
+    "BINARY",
+    "CLOSE",
+    "FAIL",
+    "PING",
+    "PONG",
+    "TEXT",
+    "TOO_BIG",
+    "FrameReader",
+    "close_payload",
+    "unmask",
+]
+
+# Event kinds: the opcodes of what was read, and two faults.
 FAIL = -1
 """``(FAIL, code, reason)``: a protocol fault; the connection must end with ``code``."""
 TOO_BIG = -2
 """``(TOO_BIG, max_message, "")``: a message grew past the limit."""
 
-NO_STATUS = 1005
 _KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
 """Codes of 1000-2999 a peer may send (wsproto's ``CloseReason`` minus local-only ones)."""
-_LOCAL_ONLY = frozenset({1005, 1006, 1015})
 
 Event = tuple[int, object, str] | tuple[int, object]
 
@@ -56,7 +65,7 @@ def close_payload(payload: bytes) -> Event:
     code = int.from_bytes(payload[:2], "big")
     if code < 1000 or code > 4999:
         return (FAIL, 1002, "CLOSE with invalid code")
-    if code in _LOCAL_ONLY:
+    if code in LOCAL_ONLY_CLOSE_CODES:
         return (FAIL, 1002, "remote CLOSE with local-only reason")
     if code <= 2999 and code not in _KNOWN_CLOSE_CODES:
         return (FAIL, 1002, "CLOSE with unknown reserved code")
