@@ -2,7 +2,8 @@
 
     python bench/fold.py --events 1000000 [--kafka HOST:PORT]
 
-Prints a table: the fold alone (records already in memory) and ``rebuild`` (the same records
+Prints a table: the fold alone (records already in memory), the RocksDB writes of that fold on
+their own (a ceiling for the fold: see ``bench_commits``), and ``rebuild`` (the same records
 replayed from a log into a fresh projection, as ``sockudo-tools rebuild`` does). Each rate is
 wall-clock; the CPU-time rate next to it (the fold thread alone, or the whole process for a
 rebuild) is what the code costs when other work shares the machine's cores.
@@ -14,11 +15,15 @@ import argparse
 import asyncio
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rocksdict import Options, Rdict, WriteBatch
 
 from projections.projector import Projector
 from projections.store.rocks import ProjectionStore
@@ -31,6 +36,7 @@ from tools.rebuild import replay
 
 TOPIC = "bench.channel-events"
 Encoded = list[tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]]
+Captured = tuple[dict[str, dict[bytes, bytes | None]], dict[bytes, bytes | None]]
 
 
 def make_records(
@@ -55,21 +61,123 @@ def make_records(
     return out
 
 
+class CapturingStore(ProjectionStore):
+    """A store that keeps a copy of every batch written to it, to time the writes alone."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[Captured] = []
+
+    def write(
+        self,
+        changes: Mapping[str, Mapping[bytes, bytes | None]],
+        meta: Mapping[bytes, bytes | None] | None = None,
+    ) -> None:
+        self.batches.append(({cf: dict(p) for cf, p in changes.items()}, dict(meta or {})))
+        super().write(changes, meta)
+
+
+def log_records(records: Encoded) -> list[LogRecord]:
+    return [
+        LogRecord(TOPIC, 0, i, 1_700_000_000_000 + i // 10, k, v, h)
+        for i, (k, v, h) in enumerate(records)
+    ]
+
+
+def fold_all(projector: Projector, records: list[LogRecord], batch: int = 500) -> None:
+    for i in range(0, len(records), batch):
+        projector.apply(records[i : i + batch], {0: min(i + batch, len(records))})
+
+
 def bench_fold(records: Encoded) -> tuple[float, float]:
     """(events/s wall-clock, events/s of the folding thread's CPU time)."""
     with tempfile.TemporaryDirectory() as d:
         store = ProjectionStore(Path(d) / "p")
         projector = Projector(store, TOPIC, 1, decode_record, partition_for)
-        log_records = [
-            LogRecord(TOPIC, 0, i, 1_700_000_000_000 + i // 10, k, v, h)
-            for i, (k, v, h) in enumerate(records)
-        ]
+        folded = log_records(records)
         began, cpu = time.perf_counter(), time.thread_time()
-        for i in range(0, len(log_records), 500):
-            projector.apply(log_records[i : i + 500], {0: min(i + 500, len(log_records))})
+        fold_all(projector, folded)
         elapsed, cpu = time.perf_counter() - began, time.thread_time() - cpu
         store.close()
     return len(records) / elapsed, len(records) / cpu
+
+
+class Spinner:
+    """A thread that keeps running Python: a call into an extension that holds the GIL
+    meanwhile has to share the interpreter with it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        stop = self._stop.is_set
+        while not stop():
+            self.count += 1
+
+    def __enter__(self) -> Spinner:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_commits(records: Encoded) -> tuple[float, float, float]:
+    """The RocksDB writes alone: the batches a fold of ``records`` writes, written again into
+    a fresh store (events/s wall-clock, events/s of this thread's CPU time, and
+    the :func:`gil_slowdown` of those batches).
+
+    rocksdict 0.3.29 holds the GIL through ``Rdict.write``, so no other thread of the process
+    runs Python meanwhile: this rate bounds any fold that commits through it, however fast
+    the rest of the fold gets."""
+    with tempfile.TemporaryDirectory() as d:
+        capture = CapturingStore(Path(d) / "capture")
+        fold_all(Projector(capture, TOPIC, 1, decode_record, partition_for), log_records(records))
+        capture.close()
+        store = ProjectionStore(Path(d) / "p")
+        began, cpu = time.perf_counter(), time.thread_time()
+        for changes, meta in capture.batches:
+            store.write(changes, meta)
+        elapsed, cpu = time.perf_counter() - began, time.thread_time() - cpu
+        store.close()
+        slowdown = gil_slowdown(capture.batches, Path(d) / "raw")
+    return len(records) / elapsed, len(records) / cpu, slowdown
+
+
+def gil_slowdown(batches: list[Captured], path: Path) -> float:
+    """How many times longer ``Rdict.write`` of prebuilt batches takes while another thread
+    runs Python: about 1 if the write lets go of the GIL (this machine has two cores), about
+    2 or more if it holds it."""
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    db = Rdict(str(path), opts)
+
+    def built() -> list[WriteBatch]:
+        out = []
+        for changes, _meta in batches:
+            wb = WriteBatch(raw_mode=True)
+            for pairs in changes.values():
+                for k, v in pairs.items():
+                    if v is not None:
+                        wb.put(k, v)
+            out.append(wb)
+        return out
+
+    def write_all(wbs: list[WriteBatch]) -> float:
+        began = time.perf_counter()
+        for wb in wbs:
+            db.write(wb)
+        return time.perf_counter() - began
+
+    alone = write_all(built())
+    second = built()  # the same writes again (overwrites), now beside a busy thread
+    with Spinner():
+        shared = write_all(second)
+    db.close()
+    return shared / alone
 
 
 async def fill(
@@ -117,7 +225,16 @@ def main() -> None:
     from sockudo.log.embedded import EmbeddedLog
 
     records = make_records(args.events)
-    rows = [("fold (decode+fold+commit, in memory)", rate(*bench_fold(records)))]
+    rows = [
+        ("fold (decode+fold+commit, in memory)", rate(*bench_fold(records))),
+    ]
+    wall, cpu, slowdown = bench_commits(records)
+    rows.append(
+        (
+            "commits alone (the fold's RocksDB writes)",
+            f"{rate(wall, cpu)}; beside a busy Python thread Rdict.write took {slowdown:.1f}x",
+        )
+    )
     with tempfile.TemporaryDirectory() as d:
         _, wall, cpu = asyncio.run(bench_rebuild(EmbeddedLog(Path(d) / "log"), records, Path(d)))
         rows.append((f"rebuild of {args.events:,} events (embedded)", rate(wall, cpu)))
