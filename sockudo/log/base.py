@@ -7,6 +7,7 @@ Every backend (memory, embedded RocksDB, Kafka) passes the same contract suite i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -41,6 +42,54 @@ MAX_RECORD_BYTES = 1_048_576
 """Largest value a backend accepts (`max.message.bytes` on Kafka, `max_record_bytes` embedded)."""
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+def wall_clock_ms() -> int:
+    """The default clock of the local backends (record times are log-append times)."""
+    return time.time_ns() // 1_000_000
+
+
+def cleanup_policies(value: str) -> frozenset[str]:
+    """``cleanup.policy`` as a set: ``"compact,delete"`` equals ``"delete,compact"``."""
+    return frozenset(p.strip() for p in value.split(",") if p.strip())
+
+
+def check_existing_topic(
+    name: str,
+    partitions: int,
+    config: Mapping[str, str],
+    actual_partitions: int,
+    actual_policy: str | None,
+) -> None:
+    """``ensure_topic`` of a topic that exists: it must have the partitions and cleanup policy
+    asked for (``actual_policy`` ``None``: not known, not checked)."""
+    if actual_partitions != partitions:
+        raise TopicMismatch(
+            f"topic {name}: expected {partitions} partitions, actual {actual_partitions} partitions"
+        )
+    expected_policy = config.get("cleanup.policy", "delete")
+    if actual_policy is not None and cleanup_policies(actual_policy) != cleanup_policies(
+        expected_policy
+    ):
+        raise TopicMismatch(
+            f"topic {name}: expected cleanup.policy={expected_policy}, "
+            f"actual cleanup.policy={actual_policy}"
+        )
+
+
+def check_partition(topic: str, count: int, partition: int) -> None:
+    """Raise ``UnknownTopic`` unless ``partition`` is one of the topic's ``count``."""
+    if not 0 <= partition < count:
+        raise UnknownTopic(f"topic {topic} has {count} partitions, no partition {partition}")
+
+
+def check_record_size(key: bytes | None, value: bytes | None, headers: Headers, limit: int) -> None:
+    """A local backend's record limit: key, value and headers (names and values) together."""
+    size = (0 if key is None else len(key)) + (0 if value is None else len(value))
+    for name, raw in headers:
+        size += len(name) + len(raw)
+    if size > limit:
+        raise RecordTooLarge(f"record of {size} bytes exceeds the limit of {limit} bytes")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import struct
-import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,12 +51,22 @@ from sockudo.errors import (
     LogUnavailable,
     OffsetOutOfRange,
     RecordTooLarge,
-    TopicMismatch,
     UnknownTopic,
 )
 from sockudo.fastclass import fast_constructor
-from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec, Watchdog
-from sockudo.log.local_reader import LocalReader
+from sockudo.log.base import (
+    MAX_RECORD_BYTES,
+    AppendResult,
+    LogRecord,
+    TopicSpec,
+    Watchdog,
+    check_existing_topic,
+    check_partition,
+    check_record_size,
+    cleanup_policies,
+    wall_clock_ms,
+)
+from sockudo.log.local_reader import LocalReader, LocalTopics, WakesReaders
 from sockudo.log.wal_sync import WalSync
 
 _new_record = fast_constructor(LogRecord)
@@ -184,15 +193,6 @@ def _frame_timestamp(frame: bytes) -> int:
     return ts
 
 
-def _policies(value: str) -> frozenset[str]:
-    """``cleanup.policy`` as a set: ``"compact,delete"`` equals ``"delete,compact"``."""
-    return frozenset(p.strip() for p in value.split(",") if p.strip())
-
-
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 # -- in-memory state ----------------------------------------------------------------------
 
 
@@ -215,19 +215,13 @@ class _Partition:
 
 
 @dataclass(eq=False)
-class _Topic:
+class _Topic(WakesReaders):
     spec: TopicSpec
     cf: Rdict
     handle: ColumnFamily
     parts: list[_Partition] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     """Readers parked at the end of every partition, woken after the next commit."""
-
-    def wake_readers(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
 
 
 # A pending append: (future, partition, offset, timestamp, deadline on the loop clock).
@@ -249,7 +243,7 @@ def _raw_options() -> Options:
     return opts
 
 
-class EmbeddedLog:
+class EmbeddedLog(LocalTopics[_Topic, _Partition]):
     """A durable single-node ``EventLog`` stored in RocksDB (spec 05 §8.1).
 
     One process may open a path read-write (RocksDB holds a lock file); any number of
@@ -278,7 +272,7 @@ class EmbeddedLog:
         max_record_bytes: int = MAX_RECORD_BYTES,
         read_only: bool = False,
         compaction_interval_ms: int = 600_000,
-        clock: Callable[[], int] = _wall_clock_ms,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
@@ -511,17 +505,7 @@ class EmbeddedLog:
                 self._topics[name] = await self._on_writer(self._create_topic, spec)
                 return
         actual = existing.spec
-        if actual.partitions != partitions:
-            raise TopicMismatch(
-                f"topic {name}: expected {partitions} partitions, "
-                f"actual {actual.partitions} partitions"
-            )
-        expected_policy = config.get("cleanup.policy", "delete")
-        if _policies(actual.cleanup_policy) != _policies(expected_policy):
-            raise TopicMismatch(
-                f"topic {name}: expected cleanup.policy={expected_policy}, "
-                f"actual cleanup.policy={actual.cleanup_policy}"
-            )
+        check_existing_topic(name, partitions, config, actual.partitions, actual.cleanup_policy)
 
     def _create_topic(self, spec: TopicSpec) -> _Topic:
         db = self._require_open()
@@ -547,21 +531,6 @@ class EmbeddedLog:
         self._require_open()
         return {name: t.spec for name, t in self._topics.items()}
 
-    def _topic(self, name: str) -> _Topic:
-        self._require_open()
-        topic = self._topics.get(name)
-        if topic is None:
-            raise UnknownTopic(f"topic {name} does not exist")
-        return topic
-
-    def _partition(self, topic: str, partition: int) -> _Partition:
-        t = self._topic(topic)
-        if not 0 <= partition < len(t.parts):
-            raise UnknownTopic(
-                f"topic {topic} has {len(t.parts)} partitions, no partition {partition}"
-            )
-        return t.parts[partition]
-
     # -- appends -------------------------------------------------------------------------
 
     async def append(
@@ -581,17 +550,8 @@ class EmbeddedLog:
             self._require_writable()
             raise UnknownTopic(f"topic {topic} does not exist")
         parts = t.parts
-        if not 0 <= partition < len(parts):
-            raise UnknownTopic(
-                f"topic {topic} has {len(parts)} partitions, no partition {partition}"
-            )
-        size = (0 if key is None else len(key)) + (0 if value is None else len(value))
-        for name, raw in headers:
-            size += len(name) + len(raw)
-        if size > self._max_record_bytes:
-            raise RecordTooLarge(
-                f"record of {size} bytes exceeds the limit of {self._max_record_bytes} bytes"
-            )
+        check_partition(topic, len(parts), partition)
+        check_record_size(key, value, headers, self._max_record_bytes)
         # Offsets and timestamps are assigned here, in arrival order, so records of one
         # partition are ordered exactly as their appends were called.
         ps = parts[partition]
@@ -722,7 +682,7 @@ class EmbeddedLog:
         while True:
             await asyncio.sleep(self._compaction_s)
             for name, topic in list(self._topics.items()):
-                if "compact" not in _policies(topic.spec.cleanup_policy):
+                if "compact" not in cleanup_policies(topic.spec.cleanup_policy):
                     continue
                 try:
                     removed = await self.compact(name)
@@ -782,7 +742,7 @@ class EmbeddedLog:
         """
         t = self._topic(topic)
         self._require_writable()
-        if "compact" not in _policies(t.spec.cleanup_policy):
+        if "compact" not in cleanup_policies(t.spec.cleanup_policy):
             return 0
         now = self._clock() if now_ms is None else now_ms
         lag_ms = int(t.spec.config.get("min.compaction.lag.ms", "0"))

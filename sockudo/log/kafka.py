@@ -30,10 +30,16 @@ from sockudo.errors import (
     LogUnavailable,
     OffsetOutOfRange,
     RecordTooLarge,
-    TopicMismatch,
     UnknownTopic,
 )
-from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, Watchdog
+from sockudo.log.base import (
+    MAX_RECORD_BYTES,
+    AppendResult,
+    LogRecord,
+    Watchdog,
+    check_existing_topic,
+    check_partition,
+)
 
 __all__ = ["KafkaLog", "KafkaReader"]
 
@@ -56,11 +62,6 @@ _WATCHDOG_SLACK_S = 0.01
 _TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
 _UNKNOWN_TOPIC = kafka_errors.UnknownTopicOrPartitionError.errno
 _TOO_LARGE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooLargeError)
-
-
-def _policies(value: str) -> frozenset[str]:
-    """``cleanup.policy`` as a set: ``"compact,delete"`` equals ``"delete,compact"``."""
-    return frozenset(p.strip() for p in value.split(",") if p.strip())
 
 
 # One append waiting for its batch: (future, key, value, headers, deadline on the loop clock).
@@ -270,16 +271,7 @@ class KafkaLog:
                 if loop.time() >= deadline:
                     raise
                 await asyncio.sleep(0.05)
-        if actual != partitions:
-            raise TopicMismatch(
-                f"topic {name}: expected {partitions} partitions, actual {actual} partitions"
-            )
-        expected_policy = configs.get("cleanup.policy", "delete")
-        if actual_policy is not None and _policies(actual_policy) != _policies(expected_policy):
-            raise TopicMismatch(
-                f"topic {name}: expected cleanup.policy={expected_policy}, "
-                f"actual cleanup.policy={actual_policy}"
-            )
+        check_existing_topic(name, partitions, configs, actual, actual_policy)
         self._partition_counts[name] = actual
 
     async def _topic_config(self, name: str, key: str) -> str | None:
@@ -342,8 +334,7 @@ class KafkaLog:
 
     async def _topic_partition(self, topic: str, partition: int) -> Any:
         count = await self.partitions(topic)
-        if not 0 <= partition < count:
-            raise UnknownTopic(f"topic {topic} has {count} partitions, no partition {partition}")
+        check_partition(topic, count, partition)
         return TopicPartition(topic, partition)
 
     # -- appends -------------------------------------------------------------------------

@@ -1,20 +1,22 @@
-"""What the readers of the two in-process logs (embedded, memory) share.
+"""What the two in-process logs (embedded, memory) share, mostly their readers.
 
-Both keep explicit positions, take partitions in turns so one busy partition cannot starve the
-others, refuse a position outside ``[log start, end]`` as Kafka does with
-``auto_offset_reset="none"``, and park at the end of every partition on the topic's waiter
-list until the next append (memory) or commit (embedded) wakes them. Only how records are
-taken differs: each log's reader implements :meth:`LocalReader._read`.
+The logs share topic and partition lookups (:class:`LocalTopics`) and the waking of parked
+readers (:class:`WakesReaders`). Their readers keep explicit positions, take partitions in
+turns so one busy partition cannot starve the others, refuse a position outside
+``[log start, end]`` as Kafka does with ``auto_offset_reset="none"``, and park at the end of
+every partition on the topic's waiter list until the next append (memory) or commit
+(embedded) wakes them. Only how records are taken differs: each log's reader implements
+:meth:`LocalReader._read`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from sockudo.errors import LogUnavailable, OffsetOutOfRange, UnknownTopic
-from sockudo.log.base import LogRecord
+from sockudo.log.base import LogRecord, check_partition
 
 
 class _Part(Protocol):
@@ -29,6 +31,51 @@ class LocalTopic(Protocol):
     def parts(self) -> Sequence[_Part]: ...
     @property
     def waiters(self) -> list[asyncio.Future[None]]: ...
+
+
+class WakesReaders:
+    """A topic whose readers park on ``waiters`` at the end of every partition."""
+
+    waiters: list[asyncio.Future[None]]
+
+    def wake_readers(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+_P = TypeVar("_P")
+_P_co = TypeVar("_P_co", covariant=True)
+
+
+class _HasParts(Protocol[_P_co]):
+    @property
+    def parts(self) -> Sequence[_P_co]: ...
+
+
+_T = TypeVar("_T", bound=_HasParts[Any])
+
+
+class LocalTopics(Generic[_T, _P]):
+    """Topic and partition lookups of a log that keeps its topics in ``_topics``."""
+
+    _topics: dict[str, _T]
+
+    def _require_open(self) -> object:
+        raise NotImplementedError
+
+    def _topic(self, name: str) -> _T:
+        self._require_open()
+        topic = self._topics.get(name)
+        if topic is None:
+            raise UnknownTopic(f"topic {name} does not exist")
+        return topic
+
+    def _partition(self, topic: str, partition: int) -> _P:
+        parts: Sequence[_P] = self._topic(topic).parts
+        check_partition(topic, len(parts), partition)
+        return parts[partition]
 
 
 class LocalLog(Protocol):
@@ -58,10 +105,7 @@ class LocalReader:
             raise LogUnavailable("reader is closed")
         t = self._log._topic(self._topic_name)
         for p in self._positions:
-            if not 0 <= p < len(t.parts):
-                raise UnknownTopic(
-                    f"topic {self._topic_name} has {len(t.parts)} partitions, no partition {p}"
-                )
+            check_partition(self._topic_name, len(t.parts), p)
         return t
 
     def _turn(self, t: LocalTopic) -> list[int]:

@@ -9,33 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sockudo.errors import (
-    LogError,
-    LogUnavailable,
-    OffsetOutOfRange,
-    RecordTooLarge,
-    TopicMismatch,
-    UnknownTopic,
+from sockudo.errors import LogError, LogUnavailable, OffsetOutOfRange
+from sockudo.log.base import (
+    MAX_RECORD_BYTES,
+    AppendResult,
+    LogRecord,
+    TopicSpec,
+    check_existing_topic,
+    check_record_size,
+    cleanup_policies,
+    wall_clock_ms,
 )
-from sockudo.log.base import MAX_RECORD_BYTES, AppendResult, LogRecord, TopicSpec
-from sockudo.log.local_reader import LocalReader
+from sockudo.log.local_reader import LocalReader, LocalTopics, WakesReaders
 
 __all__ = ["MemoryLog", "MemoryReader"]
 
 _DEFAULT_DELETE_RETENTION_MS = 86_400_000
-
-
-def _policies(value: str) -> frozenset[str]:
-    """``cleanup.policy`` as a set: ``"compact,delete"`` equals ``"delete,compact"``."""
-    return frozenset(p.strip() for p in value.split(",") if p.strip())
-
-
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -57,20 +49,14 @@ class _Partition:
 
 
 @dataclass(eq=False, slots=True)
-class _Topic:
+class _Topic(WakesReaders):
     spec: TopicSpec
     parts: list[_Partition]
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     """Readers parked at the end of every partition, woken by the next append."""
 
-    def wake_readers(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
 
-
-class MemoryLog:
+class MemoryLog(LocalTopics[_Topic, _Partition]):
     """An ``EventLog`` whose records live in lists; nothing survives the process.
 
     Compacted topics are compacted only when ``compact`` is called, with the embedded log's
@@ -81,7 +67,7 @@ class MemoryLog:
         self,
         *,
         max_record_bytes: int = MAX_RECORD_BYTES,
-        clock: Callable[[], int] = _wall_clock_ms,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self._topics: dict[str, _Topic] = {}
         self._max = max_record_bytes
@@ -104,21 +90,6 @@ class MemoryLog:
         if not self._open:
             raise LogUnavailable("memory log is not started (or already closed)")
 
-    def _topic(self, name: str) -> _Topic:
-        self._require_open()
-        t = self._topics.get(name)
-        if t is None:
-            raise UnknownTopic(f"topic {name} does not exist")
-        return t
-
-    def _partition(self, topic: str, partition: int) -> _Partition:
-        t = self._topic(topic)
-        if not 0 <= partition < len(t.parts):
-            raise UnknownTopic(
-                f"topic {topic} has {len(t.parts)} partitions, no partition {partition}"
-            )
-        return t.parts[partition]
-
     async def ensure_topic(self, name: str, partitions: int, config: Mapping[str, str]) -> None:
         self._require_open()
         if partitions < 1:
@@ -129,17 +100,7 @@ class MemoryLog:
             self._topics[name] = _Topic(spec, [_Partition() for _ in range(partitions)])
             return
         actual = existing.spec
-        if actual.partitions != partitions:
-            raise TopicMismatch(
-                f"topic {name}: expected {partitions} partitions, "
-                f"actual {actual.partitions} partitions"
-            )
-        expected_policy = config.get("cleanup.policy", "delete")
-        if _policies(actual.cleanup_policy) != _policies(expected_policy):
-            raise TopicMismatch(
-                f"topic {name}: expected cleanup.policy={expected_policy}, "
-                f"actual cleanup.policy={actual.cleanup_policy}"
-            )
+        check_existing_topic(name, partitions, config, actual.partitions, actual.cleanup_policy)
 
     async def partitions(self, topic: str) -> int:
         return len(self._topic(topic).parts)
@@ -155,11 +116,7 @@ class MemoryLog:
         timeout_ms: int,
     ) -> AppendResult:
         p = self._partition(topic, partition)
-        size = (0 if key is None else len(key)) + (0 if value is None else len(value))
-        for name, raw in headers:
-            size += len(name) + len(raw)
-        if size > self._max:
-            raise RecordTooLarge(f"record of {size} bytes exceeds the limit of {self._max} bytes")
+        check_record_size(key, value, headers, self._max)
         ts = max(p.last_ts, self._clock())
         offset = p.end
         record = LogRecord(topic, partition, offset, ts, key, value, tuple(headers))
@@ -198,7 +155,7 @@ class MemoryLog:
     async def compact(self, topic: str, *, now_ms: int | None = None) -> int:
         """Compact a ``cleanup.policy=compact`` topic like ``EmbeddedLog.compact``."""
         t = self._topic(topic)
-        if "compact" not in _policies(t.spec.cleanup_policy):
+        if "compact" not in cleanup_policies(t.spec.cleanup_policy):
             return 0
         now = self._clock() if now_ms is None else now_ms
         lag_cutoff = now - int(t.spec.config.get("min.compaction.lag.ms", "0"))
