@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from projections.folds.state import CONFLICT, DUPLICATE, HEALTHY, Delivery, Outcome, StreamHead
 from projections.reads import cache as cache_reads
@@ -40,6 +40,9 @@ from sockudo.events.users import UserConnectionsTerminated
 from sockudo.ids import random_uuid
 from sockudo.log.partitioning import channel_key
 from sockudo.node.runtime import Runtime
+
+_Page = TypeVar("_Page")
+"""A history page as a read renders it (a dict, or the JSON body)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +241,24 @@ class ChannelService:
     def history_page(
         self, app: AppConfig, channel: str, query: history_reads.HistoryQuery
     ) -> dict[str, Any]:
+        return self._history(history_reads.read_page, app, channel, query)
+
+    def history_page_json(
+        self, app: AppConfig, channel: str, query: history_reads.HistoryQuery
+    ) -> bytes:
+        """:meth:`history_page` as the JSON body of ``GET …/history``, rendered from the rows."""
+        return self._history(history_reads.read_page_json, app, channel, query)
+
+    def _history(
+        self,
+        read: Callable[..., _Page],
+        app: AppConfig,
+        channel: str,
+        query: history_reads.HistoryQuery,
+    ) -> _Page:
         store = self.runtime.store
         assert store is not None
-        return history_reads.read_page(
+        return read(
             store,
             app.id,
             channel,
@@ -273,21 +291,6 @@ class ChannelService:
                 view.close()
 
         return read
-
-    def history_page_json(
-        self, app: AppConfig, channel: str, query: history_reads.HistoryQuery
-    ) -> bytes:
-        """:meth:`history_page` as the JSON body of ``GET …/history``, rendered from the rows."""
-        store = self.runtime.store
-        assert store is not None
-        return history_reads.read_page_json(
-            store,
-            app.id,
-            channel,
-            query,
-            stall=self.stall(app.id, channel),
-            node_id=self.settings.node_id,
-        )
 
     def history_state(self, app: AppConfig, channel: str) -> dict[str, Any]:
         store = self.runtime.store
