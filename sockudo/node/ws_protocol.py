@@ -167,7 +167,9 @@ class NodeWSProtocol(asyncio.Protocol):
         for event in events:
             kind = event[0]
             if self.close_sent:
-                if kind == frames.CLOSE or kind == frames.FAIL:
+                # Waiting for the client's close: its close, a fault or an oversize message
+                # each end the reader, so each ends the socket now.
+                if kind == frames.CLOSE or kind == frames.FAIL or kind == frames.TOO_BIG:
                     self._closed_by_peer(event)
                 continue
             if kind == frames.TEXT:
@@ -208,7 +210,8 @@ class NodeWSProtocol(asyncio.Protocol):
 
     def _closed_by_peer(self, event: frames.Event) -> None:
         if self.close_sent:
-            # The client answered our close (or broke the protocol meanwhile): the end.
+            # The client answered our close (or broke the protocol or the size limit
+            # meanwhile): the end.
             if self._stop_close_timer():
                 self.transport.close()
             return

@@ -393,3 +393,22 @@ async def test_receive_until_deadlines_and_wake() -> None:
     assert took[3] < 1.0
     assert 0.19 <= took[4] < 0.6
     assert 0.09 <= took[5] < 1.0
+
+
+async def test_oversize_message_while_closing_ends_the_closing_handshake() -> None:
+    """After the server's close, the client's oversize message and then its close: the socket
+    still closes at once, not when the 10 s close timer runs out."""
+    too_big = frame(0x1, b"x" * (MAX_MESSAGE + 1))
+
+    async def timed(server: Server) -> tuple[bytes, bytes]:
+        began = time.monotonic()
+        head, rest = await session(
+            server.port, upgrade("/echo"), frame(0x1, b"close:4001"), too_big, close(4001)
+        )
+        took = time.monotonic() - began
+        assert took < 3, f"{server.kind}: closed after {took:.1f} s"
+        return head, rest
+
+    for _head, rest, messages, _server in await both(timed):
+        assert frames_of(rest) == [(0x8, struct.pack("!H", 4001) + b"bye")]
+        assert messages[-1] == {"type": "websocket.disconnect", "code": 4001, "reason": "bye"}
