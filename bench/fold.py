@@ -2,11 +2,13 @@
 
     python bench/fold.py --events 1000000 [--kafka HOST:PORT]
 
-Prints a table: the fold alone (records already in memory), the RocksDB writes of that fold on
-their own (a ceiling for the fold: see ``bench_commits``), and ``rebuild`` (the same records
-replayed from a log into a fresh projection, as ``sockudo-tools rebuild`` does). Each rate is
-wall-clock; the CPU-time rate next to it (the fold thread alone, or the whole process for a
-rebuild) is what the code costs when other work shares the machine's cores.
+Prints a table: the fold alone (records already in memory, 500-record batches as the node
+folds them); the RocksDB writes of that fold on their own, and how much of them is
+``Rdict.write`` itself, which holds the GIL (see ``bench_commits``); ``Rdict.write`` of the same
+changes as a rebuild writes them (10,000-record batches, bulk load); and ``rebuild`` (the same
+records replayed from a log into a fresh projection, as ``sockudo-tools rebuild`` does). Each
+rate is wall-clock; the CPU-time rate next to it (the fold thread alone, or the whole process
+for a rebuild) is what the code costs when other work shares the machine's cores.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -125,14 +128,27 @@ class Spinner:
         self._thread.join()
 
 
-def bench_commits(records: Encoded) -> tuple[float, float, float]:
-    """The RocksDB writes alone: the batches a fold of ``records`` writes, written again into
-    a fresh store (events/s wall-clock, events/s of this thread's CPU time, and
-    the :func:`gil_share_during_write` of those batches).
+@dataclass(frozen=True)
+class Commits:
+    """What the fold's writes cost on their own (events/s)."""
 
-    rocksdict 0.3.29 holds the GIL through ``Rdict.write``, so no other thread of the process
-    runs Python meanwhile: this rate bounds any fold that commits through it, however fast
-    the rest of the fold gets."""
+    node: float
+    """The batches of a fold in 500-record batches (the node's), written with the WAL."""
+    node_cpu: float
+    """The same per second of this thread's CPU time."""
+    node_engine: float
+    """The same batches built beforehand: ``Rdict.write`` alone, RocksDB's own work."""
+    rebuild_engine: float
+    """``Rdict.write`` of a rebuild's batches (10,000 records, bulk load), flush included."""
+    gil_share: float
+    """:func:`gil_share_during_write`."""
+
+
+def bench_commits(records: Encoded) -> Commits:
+    """The RocksDB writes of a fold of ``records``, captured and written again into fresh
+    stores: a ceiling for any fold committing through rocksdict, which holds the GIL through
+    ``Rdict.write`` (no other thread of the process runs Python meanwhile)."""
+    n = len(records)
     with tempfile.TemporaryDirectory() as d:
         capture = CapturingStore(Path(d) / "capture")
         fold_all(Projector(capture, TOPIC, 1, decode_record, partition_for), log_records(records))
@@ -143,8 +159,41 @@ def bench_commits(records: Encoded) -> tuple[float, float, float]:
             store.write(changes, meta)
         elapsed, cpu = time.perf_counter() - began, time.thread_time() - cpu
         store.close()
+        node_engine = _engine_seconds(ProjectionStore(Path(d) / "q"), capture.batches)
+        bulk = ProjectionStore(Path(d) / "r", bulk_load=True)
+        rebuild_engine = _engine_seconds(bulk, merged(capture.batches, 20))
         share = gil_share_during_write(capture.batches, Path(d) / "raw")
-    return len(records) / elapsed, len(records) / cpu, share
+    return Commits(n / elapsed, n / cpu, n / node_engine, n / rebuild_engine, share)
+
+
+def merged(batches: list[Captured], group: int) -> list[Captured]:
+    """Every ``group`` batches as one, later writes winning: what a fold in batches ``group``
+    times larger writes (its overlay keeps the latest value of every key it touched)."""
+    out: list[Captured] = []
+    for i in range(0, len(batches), group):
+        changes: dict[str, dict[bytes, bytes | None]] = {}
+        meta: dict[bytes, bytes | None] = {}
+        for part, part_meta in batches[i : i + group]:
+            for cf, pairs in part.items():
+                changes.setdefault(cf, {}).update(pairs)
+            meta.update(part_meta)
+        out.append((changes, meta))
+    return out
+
+
+def _engine_seconds(store: ProjectionStore, batches: list[Captured]) -> float:
+    """Seconds ``store`` takes to commit ``batches`` built beforehand; for a bulk load also to
+    close, which flushes its memtables (the only copy of its writes)."""
+    built = [store.batch(changes, meta) for changes, meta in batches]
+    began = time.perf_counter()
+    for wb in built:
+        store.commit(wb)
+    if store.bulk_load:
+        store.close()
+    elapsed = time.perf_counter() - began
+    if not store.bulk_load:
+        store.close()
+    return elapsed
 
 
 def gil_share_during_write(batches: list[Captured], path: Path) -> float:
@@ -221,13 +270,16 @@ def main() -> None:
     rows = [
         ("fold (decode+fold+commit, in memory)", rate(*bench_fold(records))),
     ]
-    wall, cpu, share = bench_commits(records)
-    rows.append(
+    commits = bench_commits(records)
+    rows += [
+        ("commits alone, as the node folds", rate(commits.node, commits.node_cpu)),
         (
-            "commits alone (the fold's RocksDB writes)",
-            f"{rate(wall, cpu)}; during Rdict.write other Python threads ran at {share:.0%}",
-        )
-    )
+            "  of which Rdict.write",
+            f"{commits.node_engine:,.0f} events/s; meanwhile other Python threads ran at "
+            f"{commits.gil_share:.0%}",
+        ),
+        ("Rdict.write of a rebuild's commits", f"{commits.rebuild_engine:,.0f} events/s"),
+    ]
     with tempfile.TemporaryDirectory() as d:
         _, wall, cpu = asyncio.run(bench_rebuild(EmbeddedLog(Path(d) / "log"), records, Path(d)))
         rows.append((f"rebuild of {args.events:,} events (embedded)", rate(wall, cpu)))

@@ -177,6 +177,14 @@ class ProjectionStore:
         meta: Mapping[bytes, bytes | None] | None = None,
     ) -> None:
         """Apply fold changes and their checkpoints atomically."""
+        self.commit(self.batch(changes, meta))
+
+    def batch(
+        self,
+        changes: Mapping[str, Mapping[bytes, bytes | None]],
+        meta: Mapping[bytes, bytes | None] | None = None,
+    ) -> WriteBatch:
+        """The ``WriteBatch`` :meth:`write` commits (``bench/fold.py`` times the two apart)."""
         wb = WriteBatch(raw_mode=True)
         put, delete = wb.put, wb.delete
         for cf, pairs in changes.items():
@@ -196,7 +204,11 @@ class ProjectionStore:
                     wb.delete(k, handle)
                 else:
                     wb.put(k, v, handle)
-        self._db.write(wb, self._write_opts)
+        return wb
+
+    def commit(self, batch: WriteBatch) -> None:
+        """Write a :meth:`batch` atomically (rocksdict holds the GIL throughout)."""
+        self._db.write(batch, self._write_opts)
 
     # --- meta -------------------------------------------------------------------------------
 
