@@ -36,13 +36,14 @@ class LocalTopic(Protocol):
 class WakesReaders:
     """A topic whose readers park on ``waiters`` at the end of every partition."""
 
+    __slots__ = ()  # the topics are slotted dataclasses; a slot-less base would add a __dict__
     waiters: list[asyncio.Future[None]]
 
     def wake_readers(self) -> None:
-        waiters, self.waiters = self.waiters, []
+        waiters = self.waiters[:]
+        self.waiters.clear()
         for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+            _resolve(fut)
 
 
 _P = TypeVar("_P")
@@ -78,15 +79,12 @@ class LocalTopics(Generic[_T, _P]):
         return parts[partition]
 
 
-class LocalLog(Protocol):
-    def _topic(self, name: str) -> Any: ...
-    def _partition(self, topic: str, partition: int) -> Any: ...
-
-
 class LocalReader:
     """Positions, turns, range checks and the wait at the end; subclasses read records."""
 
-    def __init__(self, log: LocalLog, topic: str, positions: Mapping[int, int]) -> None:
+    def __init__(
+        self, log: LocalTopics[Any, Any], topic: str, positions: Mapping[int, int]
+    ) -> None:
         self._log = log
         self._topic_name = topic
         self._positions: dict[int, int] = dict(positions)
