@@ -26,8 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rocksdict import Options, Rdict, WriteBatch
-
 from projections.projector import Projector
 from projections.store.rocks import ProjectionStore
 from sockudo.events import codec
@@ -201,24 +199,18 @@ def gil_share_during_write(batches: list[Captured], path: Path) -> float:
     of ``batches`` as one batch, built beforehand), as a share of its speed with this thread
     asleep: about 1.0 if the write lets go of the GIL (this machine has two cores), about 0
     if it holds it."""
-    opts = Options(raw_mode=True)
-    opts.create_if_missing(True)
-    db = Rdict(str(path), opts)
-    wb = WriteBatch(raw_mode=True)
-    for changes, _meta in batches:
-        for pairs in changes.values():
-            for k, v in pairs.items():
-                if v is not None:
-                    wb.put(k, v)
+    store = ProjectionStore(path)
+    ((changes, meta),) = merged(batches, len(batches))
+    wb = store.batch(changes, meta)
     with Spinner() as spinner:
         time.sleep(0.05)  # let it get going
         spun, began = spinner.count, time.perf_counter()
         time.sleep(0.25)
         alone = (spinner.count - spun) / (time.perf_counter() - began)
         spun, began = spinner.count, time.perf_counter()
-        db.write(wb)
+        store.commit(wb)
         during = (spinner.count - spun) / (time.perf_counter() - began)
-    db.close()
+    store.close()
     return during / alone
 
 
