@@ -153,6 +153,9 @@ class NodeApp(Starlette):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        # A path with a trailing slash is unmatched like any other (spec 01 §1): Starlette
+        # would redirect it to the route without one.
+        self.router.redirect_slashes = False
         handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
         # The handler tables the exception middleware would put in the scope, built by it.
         tables = ExceptionMiddleware(self.router, handlers=handlers, debug=self.debug)

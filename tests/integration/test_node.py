@@ -196,6 +196,11 @@ def test_malformed_requests_get_their_error_and_the_node_keeps_serving(
     # Unknown route: plain-text 404.
     r = api.http.get("/nope")
     assert (r.status_code, r.text) == (404, "404 NOT FOUND")
+    # A route's path with a trailing slash is another path: 404, not a redirect to the route
+    # (spec 01 §1: any unmatched route), signed or not.
+    for path in (f"/apps/{APP_ID}/channels/", f"/apps/{APP_ID}/events/"):
+        r = api.request("GET" if path.endswith("channels/") else "POST", path, body=b"{}")
+        assert (r.status_code, r.text) == (404, "404 NOT FOUND"), path
     # Nothing above reached the log: channel "c" has no stream; the node still publishes.
     assert api.history_state("c").json()["stream"]["next_serial"] is None
     assert publish_ok(api, "c", 1)["history_serial"] == 1
