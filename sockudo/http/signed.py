@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from sockudo import auth, metrics
 from sockudo.config import AppConfig
@@ -20,11 +20,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise ApiError(413, "payload_too_large", "Request body is too large")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", "Request body is too large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "payload_too_large", "Request body is too large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to answer, and it is the client's doing: a typed error ends the
+        # request like any other bad input, not as a server error with a traceback.
+        raise ApiError(400, "client_disconnected", "Client left before sending the body") from None
     return b"".join(chunks)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -204,6 +205,34 @@ def test_malformed_requests_get_their_error_and_the_node_keeps_serving(
     # Nothing above reached the log: channel "c" has no stream; the node still publishes.
     assert api.history_state("c").json()["stream"]["next_serial"] is None
     assert publish_ok(api, "c", 1)["history_serial"] == 1
+
+
+def test_a_client_that_leaves_mid_body_appends_nothing_and_logs_no_error(
+    api: SignedClient, node: NodeProcess
+) -> None:
+    from urllib.parse import urlencode
+
+    from sockudo.auth import signed_query_params
+
+    path = f"/apps/{APP_ID}/events"
+    body = b'{"name":"ev","channel":"left","data":"x"}'
+    params = signed_query_params(
+        APP_KEY, APP_SECRET, "POST", path, timestamp=int(time.time()), body=body
+    )
+    # The hot route's own error handling, then the middleware stack (a CORS request).
+    for origin in ("", "Origin: http://example.com\r\n"):
+        head = (
+            f"POST {path}?{urlencode(params)} HTTP/1.1\r\nHost: 127.0.0.1\r\n{origin}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", node.port)) as sock:
+            sock.sendall(head.encode() + body[:10])
+    # The node keeps serving; the half-sent publish reached nothing.
+    assert publish_ok(api, "stayed", 1)["history_serial"] == 1
+    assert api.history_state("left").json()["stream"]["next_serial"] is None
+    log = node.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log
+    assert " ERROR " not in log, log
 
 
 def test_sigkill_during_publish_load_loses_no_acknowledged_event(
