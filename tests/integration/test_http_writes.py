@@ -31,6 +31,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         more = message.get("more_body", False)
     if path == "/boom":
         raise RuntimeError("application error")
+    if path == "/slow":
+        await asyncio.sleep(0.2)
     if path == "/empty":
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -126,6 +128,21 @@ async def test_every_kind_of_response_arrives_whole(port: int) -> None:
 
     boom = await exchange(port, get("/boom"), until=b"Internal Server Error")
     assert boom.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+
+
+async def test_a_malformed_pipelined_request_is_refused_after_the_answers_before_it(
+    port: int,
+) -> None:
+    # uvicorn alone writes the 400 at once, ahead of the answers still owed.
+    answers = await exchange(port, get("/slow") + get("/2") + b"NOT HTTP\r\n\r\n", until=b"xx")
+    parts = answers.split(b"HTTP/1.1 ")[1:]
+    assert [p.split(b"\r\n", 1)[0] for p in parts] == [b"200 OK", b"200 OK", b"400 Bad Request"]
+    assert parts[0].endswith(b"hello /slow")
+    assert parts[1].endswith(b"hello /2")
+    assert b"connection: close" in parts[2]
+    # A malformed request with nothing owed before it is refused at once, as before.
+    refused = await exchange(port, b"NOT HTTP\r\n\r\n", until=b"xx")
+    assert refused.startswith(b"HTTP/1.1 400 Bad Request\r\n")
 
 
 class Recorder:

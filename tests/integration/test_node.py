@@ -207,7 +207,7 @@ def test_malformed_requests_get_their_error_and_the_node_keeps_serving(
     assert publish_ok(api, "c", 1)["history_serial"] == 1
 
 
-def test_a_client_that_leaves_mid_body_appends_nothing_and_logs_no_error(
+def test_cut_short_and_malformed_requests_append_nothing_and_log_no_error(
     api: SignedClient, node: NodeProcess
 ) -> None:
     from urllib.parse import urlencode
@@ -227,6 +227,14 @@ def test_a_client_that_leaves_mid_body_appends_nothing_and_logs_no_error(
         )
         with socket.create_connection(("127.0.0.1", node.port)) as sock:
             sock.sendall(head.encode() + body[:10])
+    # Pipelined, a request then bytes that are not HTTP: its answer, then the 400 and close.
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+        sock.sendall(b"GET /up HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nNOT HTTP\r\n\r\n")
+        answers = b""
+        while chunk := sock.recv(65536):
+            answers += chunk
+    assert answers.startswith(b"HTTP/1.1 200 OK\r\n"), answers
+    assert b"\r\n\r\nOKHTTP/1.1 400 Bad Request\r\n" in answers, answers
     # The node keeps serving; the half-sent publish reached nothing.
     assert publish_ok(api, "stayed", 1)["history_serial"] == 1
     assert api.history_state("left").json()["stream"]["next_serial"] is None
