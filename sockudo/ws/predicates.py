@@ -11,11 +11,17 @@ cheapest first: the event set, then the pre-compiled tag tree (closures over a `
 no allocation per call), then the JMESPath expression against a projection that is built once
 per view and shared by every subscriber. Evaluation errors and over-large projections are
 "no match" (fail closed).
+
+An expression's evaluation is also bounded: a 256-node expression over a 64 KiB document can
+otherwise run for seconds (a chain of filter projections over a long array), on the event loop
+that serves every socket. Past :data:`MAX_EXPRESSION_STEPS` interpreter steps it stops and the
+message does not match, like any other evaluation error.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -27,11 +33,13 @@ from jmespath import visitor as _jp_visitor
 from projections.folds.state import Delivery
 
 __all__ = [
+    "FUNCTION_STEPS",
     "MAX_EVENTS",
     "MAX_EVENT_CHARS",
     "MAX_EXPRESSION_BYTES",
     "MAX_EXPRESSION_DEPTH",
     "MAX_EXPRESSION_NODES",
+    "MAX_EXPRESSION_STEPS",
     "MAX_PROJECTION_BYTES",
     "MAX_TAG_DEPTH",
     "MAX_TAG_KEY_BYTES",
@@ -56,6 +64,12 @@ MAX_EXPRESSION_BYTES: Final = 4096
 MAX_EXPRESSION_NODES: Final = 256
 MAX_EXPRESSION_DEPTH: Final = 32
 MAX_PROJECTION_BYTES: Final = 64 * 1024
+MAX_EXPRESSION_STEPS: Final = 5_000
+"""Interpreter steps one evaluation may take: one per AST node visited (those of ``&expr``
+arguments included), :data:`FUNCTION_STEPS` per function call, which costs about ten times as
+much here. A few milliseconds at most, and far more than a filter over a few hundred items
+needs."""
+FUNCTION_STEPS: Final = 10
 
 TAG_OPERATORS: Final = frozenset(
     ("eq", "neq", "in", "nin", "ex", "nex", "sw", "ew", "ct", "gt", "gte", "lt", "lte")
@@ -263,8 +277,10 @@ class Predicate:
         doc = m.projection()
         if doc is None:
             return False
+        interpreter = getattr(_INTERPRETERS, "interpreter", None) or _new_interpreter()
+        interpreter.steps_left = MAX_EXPRESSION_STEPS
         try:
-            result = _INTERPRETER.visit(ast, doc)
+            result = interpreter.visit(ast, doc)
         except Exception:  # any evaluation failure is "no match" (fail closed)
             return False
         return _truthy(result)
@@ -285,7 +301,37 @@ def _truthy(value: Any) -> bool:
     return True
 
 
-_INTERPRETER: Final = _jp_visitor.TreeInterpreter()
+class _OverBudget(Exception):
+    """An evaluation ran out of steps."""
+
+
+class _BudgetedInterpreter(_jp_visitor.TreeInterpreter):  # type: ignore[misc]
+    """jmespath's interpreter, counting down one step per node it visits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps_left = 0
+
+    def visit(self, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        kind = node["type"]
+        left = self.steps_left - (FUNCTION_STEPS if kind == "function_expression" else 1)
+        if left < 0:
+            raise _OverBudget
+        self.steps_left = left
+        method = self._method_cache.get(kind)
+        if method is None:
+            method = self._method_cache[kind] = getattr(self, f"visit_{kind}", self.default_visit)
+        return method(node, *args, **kwargs)
+
+
+_INTERPRETERS = threading.local()
+"""One interpreter per thread: the step count is per evaluation, and rewinds evaluate
+predicates on reader threads while the event loop evaluates them for fanout."""
+
+
+def _new_interpreter() -> _BudgetedInterpreter:
+    interpreter = _INTERPRETERS.interpreter = _BudgetedInterpreter()
+    return interpreter
 
 
 # --- parsing --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ client's ``send_event``.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -23,6 +24,8 @@ from sockudo_python import (
 
 from projections.folds.state import Delivery
 from sockudo.ws.predicates import (
+    FUNCTION_STEPS,
+    MAX_EXPRESSION_STEPS,
     MAX_PROJECTION_BYTES,
     TAG_OPERATORS,
     MessageView,
@@ -489,6 +492,37 @@ def test_evaluation_error_fails_closed() -> None:
     assert not expr("!abs(data)", data="x")
     assert not expr("abs(data) || `true`", data="x")
     assert expr("abs(data) || `true`", data=-1)  # evaluates fine on a number
+
+
+def test_an_evaluation_past_its_step_budget_fails_closed() -> None:
+    # A filter projection takes four steps an item (comparator, @, literal, the item).
+    source = "length(data[?@ >= `0`]) > `0`"
+    assert expr(source, data=list(range(MAX_EXPRESSION_STEPS // 8)))
+    assert not expr(source, data=list(range(MAX_EXPRESSION_STEPS // 2)))
+    # A chain of projections over one array: each link walks it again.
+    chain = "length(data" + " | [?@ >= `0`]" * 8 + ") > `0`"
+    assert expr(chain, data=list(range(100)))
+    assert not expr(chain, data=list(range(1000)))
+
+
+def test_function_calls_weigh_more_in_the_step_budget() -> None:
+    # The call and its argument: FUNCTION_STEPS + 1 an item; plain projection: 1 an item.
+    items = 3 * MAX_EXPRESSION_STEPS // (2 * (FUNCTION_STEPS + 1))
+    assert expr("length(data[*]) > `0`", data=list(range(items)))
+    assert not expr("length(data[*].to_string(@)) > `0`", data=list(range(items)))
+    assert expr("length(data[*].to_string(@)) > `0`", data=list(range(items // 2)))
+
+
+def test_the_step_budget_is_per_evaluation_and_per_thread() -> None:
+    p = parse_predicate({"filter": {"expression": "length(data[?@ >= `0`]) > `0`"}})
+    assert p is not None
+    view = MessageView("ev", "c", data=list(range(MAX_EXPRESSION_STEPS // 8)))
+    assert all(p.matches(view) for _ in range(5))  # each evaluation starts afresh
+    results: list[bool] = []
+    worker = threading.Thread(target=lambda: results.append(p.matches(view)))
+    worker.start()
+    worker.join()
+    assert results == [True]
 
 
 def test_unserialisable_data_fails_closed_for_expressions_only() -> None:
