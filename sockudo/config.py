@@ -411,7 +411,7 @@ def _parse_bool(raw: object, where: str) -> bool:
     raise ConfigError(f"{where}: expected a boolean (true/false/1/0/yes/no/on/off), got {raw!r}")
 
 
-def _int_parser(minimum: int = 0) -> _Parser:
+def _int_parser(minimum: int = 0, maximum: int | None = None) -> _Parser:
     def parse(raw: object, where: str) -> int:
         value: int
         if isinstance(raw, bool):  # bool is an int subclass; `true` is not a number
@@ -428,6 +428,8 @@ def _int_parser(minimum: int = 0) -> _Parser:
             raise ConfigError(f"{where}: expected an integer, got {raw!r}")
         if value < minimum:
             raise ConfigError(f"{where}: must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{where}: must be <= {maximum}, got {value}")
         return value
 
     return parse
@@ -528,7 +530,7 @@ def _k(attr: str, path: str | tuple[str, ...], env: str | tuple[str, ...], parse
 
 _INT0 = _int_parser(0)
 _INT1 = _int_parser(1)
-_PORT = _int_parser(0)  # 0 = pick a free port (tests)
+_PORT = _int_parser(0, 65535)  # 0 = pick a free port (tests)
 _STR = _str_parser()
 _STR0 = _str_parser(allow_empty=True)
 

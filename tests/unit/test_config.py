@@ -521,6 +521,17 @@ class TestEnvironment:
         with pytest.raises(ConfigError, match="PORT"):
             load(env={"PORT": "60o1"})
 
+    def test_ports_above_65535_are_refused_from_every_source(self, tmp_path: Path) -> None:
+        assert load(env={"PORT": "65535"}).port == 65535
+        with pytest.raises(ConfigError, match=r"PORT \(environment\): must be <= 65535"):
+            load(env={"PORT": "65536"})
+        with pytest.raises(ConfigError, match="METRICS_PORT"):
+            load(env={"METRICS_PORT": "70000"})
+        with pytest.raises(ConfigError, match="'port' in"):
+            load(tmp_path, "port = 99999\n")
+        with pytest.raises(ConfigError, match="override 'port'"):
+            load(port=70000)
+
     def test_empty_variable_counts_as_unset(self) -> None:
         assert load(env={"PORT": ""}).port == 6001
 
