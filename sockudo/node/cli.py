@@ -25,7 +25,7 @@ from sockudo.node.hub import Hub
 from sockudo.node.replay import HotReplay
 from sockudo.node.runtime import Runtime
 from sockudo.node.services import ChannelService
-from sockudo.node.serving import Listener, serve
+from sockudo.node.serving import Listener, ListenError, serve
 from sockudo.ws.direct import with_transport_extension
 
 log = logging.getLogger("sockudo.node")
@@ -137,24 +137,37 @@ async def run_node(settings: Settings) -> None:
     )
     # Fanout writes WebSocket frames straight to transports (sockudo/ws/direct.py).
     main_app = with_transport_extension(app)
-    servers = [serve(settings.http_server, main_app, main, shutdown_trigger)]
+
+    def listening() -> None:
+        log.info(
+            "sockudo-node %s listening on %s:%s (%s, log=%s, data=%s, partitions=%s)",
+            runtime.incarnation,
+            settings.host,
+            settings.port,
+            settings.http_server,
+            settings.log_backend,
+            settings.data_dir,
+            runtime.partitions,
+        )
+
+    servers = [
+        asyncio.ensure_future(
+            serve(settings.http_server, main_app, main, shutdown_trigger, listening)
+        )
+    ]
     if settings.metrics_enabled:
         metrics_listener = Listener(settings.metrics_host, settings.metrics_port)
         metrics_asgi = metrics.asgi_app(settings.metrics_prefix)
-        servers.append(serve(settings.http_server, metrics_asgi, metrics_listener, stop.wait))
-    log.info(
-        "sockudo-node %s listening on %s:%s (%s, log=%s, data=%s, partitions=%s)",
-        runtime.incarnation,
-        settings.host,
-        settings.port,
-        settings.http_server,
-        settings.log_backend,
-        settings.data_dir,
-        runtime.partitions,
-    )
+        servers.append(
+            asyncio.ensure_future(
+                serve(settings.http_server, metrics_asgi, metrics_listener, stop.wait)
+            )
+        )
     try:
         await asyncio.gather(*servers)
     finally:
+        stop.set()  # a listener that could not bind stops the others
+        await asyncio.gather(*servers, return_exceptions=True)
         # The sockets are closed and their leaves appended: announce the stop, then close.
         await cluster.stop(announce=True)
         await runtime.stop()
@@ -205,7 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # uvloop: the event loop and its transports in C, which the fanout and HTTP paths lean on.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(run_node(settings))
+        try:
+            runner.run(run_node(settings))
+        except ListenError as exc:
+            print(f"sockudo-node: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
@@ -37,17 +38,32 @@ class Listener:
     graceful_timeout_s: float = 10.0
 
 
+class ListenError(Exception):
+    """A listener could not take its address (in use, not local, not resolvable)."""
+
+    def __init__(self, listener: Listener, reason: str) -> None:
+        super().__init__(f"cannot listen on {listener.host}:{listener.port}: {reason}")
+        self.listener = listener
+
+
 async def serve(
     kind: HttpServer,
     app: ASGIApp,
     listener: Listener,
     shutdown_trigger: Callable[[], Awaitable[object]],
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``app`` until ``shutdown_trigger`` returns, then drain within the grace period."""
+    """Serve ``app`` until ``shutdown_trigger`` returns, then drain within the grace period.
+
+    ``on_listening`` runs once the address is bound (Hypercorn: as it starts, since it binds
+    inside its own serve). Raises :class:`ListenError` when uvicorn cannot bind.
+    """
     if kind == "hypercorn":
+        if on_listening is not None:
+            on_listening()
         await _serve_hypercorn(app, listener, shutdown_trigger)
     else:
-        await _serve_uvicorn(app, listener, shutdown_trigger)
+        await _serve_uvicorn(app, listener, shutdown_trigger, on_listening)
 
 
 async def _serve_hypercorn(
@@ -66,7 +82,10 @@ async def _serve_hypercorn(
 
 
 async def _serve_uvicorn(
-    app: ASGIApp, listener: Listener, shutdown_trigger: Callable[[], Awaitable[object]]
+    app: ASGIApp,
+    listener: Listener,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    on_listening: Callable[[], None] | None,
 ) -> None:
     import uvicorn
 
@@ -74,11 +93,17 @@ async def _serve_uvicorn(
     from sockudo.node.ws_protocol import UpgradingHttpProtocol
 
     class Server(uvicorn.Server):
-        """A uvicorn server that leaves signals to the node (it installs its own handlers)."""
+        """A uvicorn server that leaves signals to the node (it installs its own handlers)
+        and says when it is bound."""
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_listening is not None:
+                on_listening()
 
     config = uvicorn.Config(
         app,
@@ -114,6 +139,12 @@ async def _serve_uvicorn(
     trigger = asyncio.create_task(stop_when_triggered())
     try:
         await server.serve()
+    except SystemExit as exc:
+        # uvicorn logs a failed bind and exits the process from inside the event loop; the
+        # OSError is the exit's context. The node stops cleanly on a typed error instead.
+        if server.started:
+            raise
+        raise ListenError(listener, str(exc.__context__ or "startup failed")) from None
     finally:
         trigger.cancel()
         with contextlib.suppress(asyncio.CancelledError):

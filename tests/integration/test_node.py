@@ -243,6 +243,30 @@ def test_cut_short_and_malformed_requests_append_nothing_and_log_no_error(
     assert " ERROR " not in log, log
 
 
+@pytest.mark.parametrize("taken", ["PORT", "METRICS_PORT"])
+def test_an_address_in_use_is_a_clear_error_and_a_clean_exit(taken: str, tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**node.env(), taken: str(port)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "sockudo.node.cli"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert f"sockudo-node: cannot listen on 127.0.0.1:{port}: " in proc.stderr
+    assert "address already in use" in proc.stderr
+    assert "sockudo-node stopped cleanly" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    if taken == "PORT":
+        assert "listening on" not in proc.stderr
+
+
 def test_sigkill_during_publish_load_loses_no_acknowledged_event(
     api: SignedClient, node: NodeProcess
 ) -> None:
