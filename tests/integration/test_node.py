@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from sockudo.log.base import EventLog
@@ -265,6 +266,26 @@ def test_an_address_in_use_is_a_clear_error_and_a_clean_exit(taken: str, tmp_pat
     assert "Traceback" not in proc.stderr
     if taken == "PORT":
         assert "listening on" not in proc.stderr
+
+
+def test_a_data_dir_another_node_holds_is_a_clear_error(tmp_path: Path) -> None:
+    first = NodeProcess(tmp_path / "node")
+    first.start()
+    try:
+        second = NodeProcess(tmp_path / "node")  # same data dir, ports of its own
+        proc = subprocess.run(
+            [sys.executable, "-m", "sockudo.node.cli"],
+            env=second.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "sockudo-node: cannot open embedded log at " in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert httpx.get(f"{first.base_url}/up", timeout=5).status_code == 200
+    finally:
+        first.kill()
 
 
 def test_sigkill_during_publish_load_loses_no_acknowledged_event(
