@@ -154,6 +154,10 @@ def encode_cursor(payload: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+MAX_BOUND = (1 << 64) - 1
+"""The largest serial or time bound a query may give: serials are u64 parts of row keys."""
+
+
 def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid_input", message)
 
@@ -169,10 +173,13 @@ def decode_cursor(cursor: str) -> Mapping[str, Any]:
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise _invalid(f"Invalid history cursor: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("serial"), int):
+    # ``type(...) is int``: JSON true would pass as 1; serials are u64 key parts.
+    serial = data.get("serial") if isinstance(data, dict) else None
+    if type(serial) is not int or not 0 <= serial <= MAX_BOUND:
         raise _invalid("Invalid history cursor: malformed payload")
-    if data.get("version") != 1:
-        raise _invalid(f"Unsupported history cursor version: {data.get('version')}")
+    version = data.get("version")
+    if type(version) is not int or version != 1:
+        raise _invalid(f"Unsupported history cursor version: {version}")
     return MappingProxyType(data)
 
 
@@ -238,8 +245,9 @@ def _select(
                 hi = after - 1 if hi is None else min(hi, after - 1)
             else:
                 lo = max(lo, after + 1)
-        start_key = gen + keys.u64(lo)
-        end_key = gen + keys.u64(hi + 1) if hi is not None else keys.prefix_end(gen)
+        # Bounds are u64 (the query checks them): a cursor on the last one leaves nothing.
+        start_key = gen + keys.u64(lo) if lo <= MAX_BOUND else keys.prefix_end(gen)
+        end_key = keys.prefix_end(gen) if hi is None or hi >= MAX_BOUND else gen + keys.u64(hi + 1)
         # One row past the limit tells whether there is a next page.
         start_ms, end_ms = query.start_time_ms, query.end_time_ms
         window = None

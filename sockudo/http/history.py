@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from projections.reads.history import DIRECTIONS, HistoryQuery, decode_cursor
+from projections.reads.history import DIRECTIONS, MAX_BOUND, HistoryQuery, decode_cursor
 from sockudo.channels import resolve_channel_policy, validate_channel_name
 from sockudo.config import AppConfig, Settings
 from sockudo.errors import ApiError
@@ -26,9 +26,12 @@ def _int_param(params: Mapping[str, str], name: str, alias: str | None = None) -
     if raw is None or raw == "":
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise _invalid(f"{name} must be an integer") from None
+    if not 0 <= value <= MAX_BOUND:
+        raise _invalid(f"{name} must be between 0 and {MAX_BOUND}")
+    return value
 
 
 def parse_history_query(params: Mapping[str, str], settings: Settings) -> HistoryQuery:

@@ -412,6 +412,8 @@ def _query(
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise _Invalid(f"{name} must be a non-negative integer")
+            if value > history_reads.MAX_BOUND:
+                raise _Invalid(f"{name} must be at most {history_reads.MAX_BOUND}")
             return value
         return None
 

@@ -670,6 +670,38 @@ def test_history_cursor_must_match_the_request(sdk: Sockudo) -> None:
     assert state(sdk, channel) == before
 
 
+def test_history_bounds_and_cursor_serials_outside_u64_are_400(sdk: Sockudo) -> None:
+    # Serials are u64 parts of row keys: anything outside is bad input, not a server error.
+    channel = fresh()
+    publish_n(sdk, channel, 3)
+    before = state(sdk, channel)
+    for params in (
+        {"start_serial": -1},
+        {"end_serial": 1 << 64},
+        {"start_time_ms": -5},
+        {"end_time_ms": 1 << 70},
+    ):
+        result = sdk.get_channel_history(channel, HistoryParams(**params))
+        name = next(iter(params))
+        error = failed(result, 400, "invalid_input")["error"]
+        assert error == f"{name} must be between 0 and {(1 << 64) - 1}", params
+    page = history(sdk, channel, end_serial=(1 << 64) - 1, direction="oldest_first")
+    assert serials(page) == [1, 2, 3]
+    cursor = history(sdk, channel, limit=1, direction="oldest_first")["next_cursor"]
+    payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    for serial in (1 << 64, -1, True):
+        forged = cursor_token({**payload, "serial": serial})
+        result = sdk.get_channel_history(
+            channel, HistoryParams(cursor=forged, limit=1, direction="oldest_first")
+        )
+        error = failed(result, 400, "invalid_input")["error"]
+        assert error == "Invalid history cursor: malformed payload", serial
+    last = cursor_token({**payload, "serial": (1 << 64) - 1})
+    page = history(sdk, channel, cursor=last, limit=1, direction="oldest_first")
+    assert (page["items"], page["has_more"]) == ([], False)
+    assert state(sdk, channel) == before
+
+
 def test_history_of_a_channel_never_written(sdk: Sockudo) -> None:
     # Check 10.
     channel = fresh()

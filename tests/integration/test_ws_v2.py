@@ -417,6 +417,11 @@ async def test_channel_history_until_attach(node: NodeProcess, api: SignedClient
         assert [item["serial"] for item in rest["items"]] == [1]
         await c.send("sockudo:channel_history", {"channel": channel, "direction": "sideways"})
         assert value(await c.recv())["code"] == 4000
+        # Serials are u64 key parts: a bound past that is bad input, not a failed read (4100).
+        for bound in ({"end_serial": 1 << 64}, {"start_time_ms": 1 << 70}):
+            await c.send("sockudo:channel_history", {"channel": channel, **bound})
+            error = value(await c.recv())
+            assert error["code"] == 4000, error
 
 
 async def test_channel_history_at_most_two_in_flight(node: NodeProcess, api: SignedClient) -> None:
