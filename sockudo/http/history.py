@@ -160,12 +160,18 @@ async def post_history_reset(request: Request) -> Response:
     )
 
 
+MAX_LONG = (1 << 63) - 1
+
+
 def _opt_int(data: dict[str, Any], name: str) -> int | None:
     value = data.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise _invalid(f"{name} must be an integer")
+    if not 0 <= value <= MAX_LONG:
+        # The purge record carries it as an Avro long.
+        raise _invalid(f"{name} must be between 0 and {MAX_LONG}")
     return value
 
 

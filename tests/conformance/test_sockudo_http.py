@@ -970,6 +970,19 @@ def test_purge_modes_are_validated(sdk: Sockudo) -> None:
             "Purge mode 'before_serial' requires before_serial only",
         ),
         ({"mode": "everything"}, ""),
+        # Bounds travel in the purge record as Avro longs.
+        (
+            {"mode": "before_serial", "before_serial": 1 << 63},
+            f"before_serial must be between 0 and {(1 << 63) - 1}",
+        ),
+        (
+            {"mode": "before_serial", "before_serial": -1},
+            f"before_serial must be between 0 and {(1 << 63) - 1}",
+        ),
+        (
+            {"mode": "before_time_ms", "before_time_ms": 1 << 70},
+            f"before_time_ms must be between 0 and {(1 << 63) - 1}",
+        ),
     ]
     for kwargs, message in cases:
         body = failed(
