@@ -2,11 +2,15 @@
 
 The projector owns no I/O loop: the node's consumer (``sockudo/node/consumer.py``) and
 ``sockudo-tools rebuild`` both read the log and hand batches here. A record that cannot be
-decoded stalls its partition: the fold never skips a record (spec 05 §6.1 rule 5, §7.4).
+decoded stalls its partition: the fold never skips a record (spec 05 §6.1 rule 5, §7.4). So
+does a record that decodes but that its fold cannot apply (contents no writer should have
+produced): the batch is folded again without it and its partition stops before it, while the
+other partitions go on.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +36,10 @@ STALL_TRUNCATED = "projection_log_truncated"
 STALL_UNDECODABLE = "projection_stalled_unknown_schema"
 STALL_AHEAD = "projection_ahead_of_log"
 
+_RECORD_ERRORS = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError, struct.error)
+"""What a fold raises on contents it cannot apply (malformed JSON flagged as JSON, say). Errors
+of the store itself are not among them: they fail the batch, never stall a partition."""
+
 _HEAD_CACHE_LIMIT = 100_000
 """Stream heads kept decoded between batches; the projector is their only writer."""
 
@@ -54,6 +62,15 @@ class PartitionState:
     position: int
     last_timestamp_ms: int | None
     stall: Stall | None = None
+
+
+class _Unfoldable(Exception):
+    """A decoded record its fold failed on (raised inside :meth:`Projector._apply`)."""
+
+    def __init__(self, partition: int, offset: int, cause: Exception) -> None:
+        super().__init__(f"fold of offset {offset} failed: {type(cause).__name__}: {cause}")
+        self.partition = partition
+        self.offset = offset
 
 
 @dataclass(slots=True)
@@ -120,6 +137,33 @@ class Projector:
         last record (transaction markers, compacted gaps) and become the checkpoints.
         ``now_ms`` only stamps stall records; the fold itself uses record times.
         """
+        batch = records if isinstance(records, list) else list(records)
+        saved = [(st, st.position, st.last_timestamp_ms, st.stall) for st in self.state.values()]
+        unfoldable: dict[int, Stall] = {}
+        while True:
+            try:
+                result = self._apply(batch, positions_after, now_ms, unfoldable)
+            except _Unfoldable as failed:
+                # Nothing of this attempt was written: start it again from the saved states,
+                # with the record's partition stalled at it (records before it still fold).
+                self._heads.clear()
+                for st, position, last_ts, stall in saved:
+                    st.position, st.last_timestamp_ms, st.stall = position, last_ts, stall
+                stall = Stall(STALL_UNDECODABLE, failed.offset, str(failed), now_ms)
+                unfoldable[failed.partition] = stall
+                for p, st_stall in unfoldable.items():
+                    self.state[p].stall = st_stall
+                continue
+            result.stalled.update(unfoldable)
+            return result
+
+    def _apply(
+        self,
+        records: list[LogRecord],
+        positions_after: Mapping[int, int] | None,
+        now_ms: int,
+        unfoldable: Mapping[int, Stall],
+    ) -> BatchResult:
         overlay = Overlay(self.store)
         if len(self._heads) > _HEAD_CACHE_LIMIT:
             self._heads.clear()
@@ -127,7 +171,7 @@ class Projector:
         result = BatchResult()
         outcomes = result.outcomes
         deliveries = result.deliveries
-        touched: set[int] = set()
+        touched: set[int] = set(unfoldable)  # their stalls go into this batch's write
         decode, topic, partitions = self._decode, self.topic, self.partitions
         partitioner, deliver = self._partitioner, self._deliver
         folds = _FOLDS
@@ -137,8 +181,11 @@ class Projector:
             p = rec.partition
             st = states[p]
             offset = rec.offset
-            if st.stall is not None or offset < st.position:
-                continue
+            stall = st.stall
+            if offset < st.position or (
+                stall is not None and (stall.offset is None or offset >= stall.offset)
+            ):
+                continue  # records before a stall that an unfoldable record set still fold
             try:
                 event = decode(rec)
             except CodecError as exc:
@@ -158,7 +205,10 @@ class Projector:
                         fold_event = candidate
                         break
             if fold_event is not None:
-                folded = fold_event(channel_state, ctx, event)
+                try:
+                    folded = fold_event(channel_state, ctx, event)
+                except _RECORD_ERRORS as exc:
+                    raise _Unfoldable(p, offset, exc) from exc
                 outcome = folded.outcome
                 if folded.deliveries:
                     deliveries.extend(folded.deliveries)

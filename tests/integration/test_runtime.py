@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from projections.folds.state import APPLIED
+from projections.folds.state import APPLIED, StreamHead
 from projections.projector import STALL_UNDECODABLE
 from projections.reads.history import HistoryQuery
 from projections.store import keys
@@ -123,6 +123,59 @@ async def test_undecodable_record_stalls_only_its_partition(tmp_path: Path) -> N
     assert report["projection"]["stall"]["offset"] == 1
     assert report["recomputed"]["undecodable"][0]["offset"] == 1
     assert report["stream"]["state"]["durable_state"] == "degraded"
+
+
+async def test_a_record_the_fold_cannot_apply_stalls_only_its_partition(tmp_path: Path) -> None:
+    # It decodes, but says its data is JSON when it is not: the fold fails on it. The fold
+    # loop must not die with it (every partition would stop), nor apply half of it.
+    s = settings(tmp_path)
+    runtime = Runtime(s)
+    await runtime.start()
+    service = ChannelService(runtime)
+    try:
+        bad, *good = channels_in_distinct_partitions(runtime)
+        assert await publish(service, bad) == 1
+        event = MessagePublished(
+            event_id=str(uuid.uuid4()),
+            app_id="app-id",
+            channel=bad,
+            origin=Origin(node="x"),
+            message_id="m",
+            name="ev",
+            data="{not json",
+            data_is_json=True,
+        )
+        encoded = encode(event)
+        p = runtime.partition_of("app-id", bad)
+        await runtime.log.append(
+            runtime.topic,
+            p,
+            channel_key("app-id", bad),
+            encoded.value,
+            encoded.headers,
+            timeout_ms=5000,
+        )
+        assert runtime.runner is not None
+        assert await runtime.runner.wait_caught_up(5)
+        stall = runtime.runner.projector.state[p].stall
+        assert stall is not None
+        assert (stall.reason, stall.offset) == (STALL_UNDECODABLE, 1)
+        assert "JSONDecodeError" in stall.detail
+        app = s.app_by_id("app-id")
+        assert app is not None
+        with pytest.raises(StreamNotHealthy):
+            service.history_page(app, bad, HistoryQuery(limit=10))
+        for channel in good:
+            assert await publish(service, channel) == 1
+            assert service.history_page(app, channel, HistoryQuery(limit=10))["items"]
+        # Nothing of the bad record was applied: its channel still holds one message.
+        store = runtime.store
+        assert store is not None
+        raw = store.get(keys.STREAMS, keys.channel_prefix("app-id", bad))
+        assert raw is not None
+        assert StreamHead.decode(raw).next_h == 2
+    finally:
+        await runtime.stop()
 
 
 async def test_projection_ahead_of_a_replaced_embedded_log_is_rebuilt(tmp_path: Path) -> None:
