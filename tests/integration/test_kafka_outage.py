@@ -1,0 +1,105 @@
+"""A node on Kafka through a broker outage: typed errors while it lasts, then it carries on.
+
+The broker is our own JVM (not the session's, which other tests share), frozen with SIGSTOP:
+connections stay open and nothing answers, as with a hung or partitioned broker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.api import SignedClient
+from tests.support.kafka_broker import LocalKafkaBroker
+from tests.support.kafka_fixtures import KAFKA_RESOLUTION
+from tests.support.node import APP_ID, APP_KEY, APP_SECRET, NodeProcess
+
+CHANNEL = "outage"
+CODES = {503: "service_unavailable", 504: "publish_outcome_unknown"}
+
+
+def publish(api: SignedClient, n: int) -> httpx.Response:
+    body = {"name": "ev", "channel": CHANNEL, "data": f"m{n}", "info": "subscription_count"}
+    return api.publish(body)
+
+
+def wait_for(check: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+@pytest.mark.kafka
+def test_a_frozen_broker_fails_publishes_cleanly_and_the_node_recovers(
+    kafka_bootstrap: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    session = request.config.stash[KAFKA_RESOLUTION].broker
+    if session is None:
+        pytest.skip(reason="needs the local broker's classpath; the session broker is not local")
+    broker = LocalKafkaBroker(workdir=tmp_path / "broker", lib=session.lib, java=session.java)
+    bootstrap = broker.start()
+    node = NodeProcess(
+        tmp_path / "node",
+        log_backend="kafka",
+        kafka_bootstrap=bootstrap,
+        channel_partitions=3,
+        extra_env={"EVENT_LOG_ACK_TIMEOUT_MS": "2000"},
+    )
+    api = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+    try:
+        node.start()
+        acked = []
+        for n in range(3):
+            assert publish(api, n).status_code == 200
+            acked.append(f"m{n}")
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        refused, unknown = [], []
+        try:
+            for n in range(3, 6):
+                r = publish(api, n)
+                assert r.status_code in CODES, r.text
+                assert r.json()["code"] == CODES[r.status_code]
+                (refused if r.status_code == 503 else unknown).append(f"m{n}")
+            assert httpx.get(f"{node.base_url}/live", timeout=5).status_code == 200
+            assert httpx.get(f"{node.base_url}/up", timeout=5).status_code == 503
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+
+        # Back: publishes are acknowledged again and the node reports healthy.
+        def accepted(n: int) -> bool:
+            return publish(api, n).status_code == 200
+
+        assert wait_for(lambda: accepted(6)), "publishes never recovered"
+        acked.append("m6")
+        for n in range(7, 10):
+            assert publish(api, n).status_code == 200
+            acked.append(f"m{n}")
+        up = wait_for(lambda: httpx.get(f"{node.base_url}/up", timeout=5).status_code == 200)
+        assert up, "/up never recovered"
+
+        # History: every acknowledged message once, in order, serials without gaps; a refused
+        # (503) one never; one whose outcome was unknown (504) at most once.
+        page = api.history(CHANNEL, limit="100", direction="oldest_first").json()
+        items = page["items"]
+        assert [it["serial"] for it in items] == list(range(1, len(items) + 1))
+        stored = [it["message"]["data"] for it in items]
+        assert [d for d in stored if d in acked] == acked
+        assert not set(stored) & set(refused)
+        assert all(stored.count(d) <= 1 for d in unknown)
+        assert set(stored) <= set(acked) | set(unknown)
+        log = node.log_path.read_text(errors="replace")
+        assert "Traceback" not in log
+    finally:
+        api.close()
+        node.kill()
+        broker.stop()
