@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,28 @@ async def publish(service: ChannelService, channel: str, data: str = "x") -> int
     return out[channel].history_serial
 
 
+async def append_raw(
+    runtime: Runtime, channel: str, *, version: bytes | None = None, **fields: Any
+) -> int:
+    """Append a publish of ``channel`` straight to the log, past every handler check;
+    ``version`` replaces its schema-version byte. Returns its partition."""
+    event = MessagePublished(
+        event_id=str(uuid.uuid4()),
+        app_id="app-id",
+        channel=channel,
+        origin=Origin(node="x"),
+        message_id="m",
+        name="ev",
+        **({"data": "d"} | fields),
+    )
+    encoded = encode(event)
+    value = encoded.value if version is None else version + encoded.value[1:]
+    p = runtime.partition_of("app-id", channel)
+    key = channel_key("app-id", channel)
+    await runtime.log.append(runtime.topic, p, key, value, encoded.headers, timeout_ms=5000)
+    return p
+
+
 async def test_undecodable_record_stalls_only_its_partition(tmp_path: Path) -> None:
     s = settings(tmp_path)
     runtime = Runtime(s)
@@ -61,25 +84,7 @@ async def test_undecodable_record_stalls_only_its_partition(tmp_path: Path) -> N
         bad, *good = channels_in_distinct_partitions(runtime)
         assert await publish(service, bad) == 1
         # A record from a future schema version (255) lands in the first channel's partition.
-        event = MessagePublished(
-            event_id=str(uuid.uuid4()),
-            app_id="app-id",
-            channel=bad,
-            origin=Origin(node="x"),
-            message_id="m",
-            name="ev",
-            data="d",
-        )
-        encoded = encode(event)
-        p = runtime.partition_of("app-id", bad)
-        await runtime.log.append(
-            runtime.topic,
-            p,
-            channel_key("app-id", bad),
-            b"\xff" + encoded.value[1:],
-            encoded.headers,
-            timeout_ms=5000,
-        )
+        p = await append_raw(runtime, bad, version=b"\xff")
         assert runtime.runner is not None
         assert await runtime.runner.wait_caught_up(5)
         stall = runtime.runner.projector.state[p].stall
@@ -135,26 +140,7 @@ async def test_a_record_the_fold_cannot_apply_stalls_only_its_partition(tmp_path
     try:
         bad, *good = channels_in_distinct_partitions(runtime)
         assert await publish(service, bad) == 1
-        event = MessagePublished(
-            event_id=str(uuid.uuid4()),
-            app_id="app-id",
-            channel=bad,
-            origin=Origin(node="x"),
-            message_id="m",
-            name="ev",
-            data="{not json",
-            data_is_json=True,
-        )
-        encoded = encode(event)
-        p = runtime.partition_of("app-id", bad)
-        await runtime.log.append(
-            runtime.topic,
-            p,
-            channel_key("app-id", bad),
-            encoded.value,
-            encoded.headers,
-            timeout_ms=5000,
-        )
+        p = await append_raw(runtime, bad, data="{not json", data_is_json=True)
         assert runtime.runner is not None
         assert await runtime.runner.wait_caught_up(5)
         stall = runtime.runner.projector.state[p].stall
