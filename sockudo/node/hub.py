@@ -150,6 +150,19 @@ class Outbox:
         transport.write(wire)
         return True
 
+    def write_last(self, frame: Frame) -> bool:
+        """Direct mode: write the frame that goes before the close, past the bound.
+
+        It never waits for the client to read: a client that stopped reading (the reason for
+        many a close) must not hold its own close, and with it the socket. ``False`` when
+        the socket is not direct or already closing.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(encode_frame(frame))
+        return True
+
     def hold(self) -> bool:
         """Direct mode: gather frames until :meth:`release` (one write per socket per batch).
 

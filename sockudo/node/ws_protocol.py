@@ -46,7 +46,8 @@ __all__ = ["NodeWSProtocol", "UpgradingHttpProtocol", "upgrade_from"]
 log = logging.getLogger("uvicorn.error")
 
 CLOSE_TIMEOUT_S = 10.0
-"""How long a sent close waits for the client's (uvicorn's ``close_timeout``)."""
+"""How long a sent close waits for the client's (uvicorn's ``close_timeout``); then the
+connection is aborted, unsent frames and all."""
 PAUSE_AT = 16
 """Received messages the application has not taken yet before reads pause."""
 
@@ -222,6 +223,12 @@ class NodeWSProtocol(asyncio.Protocol):
         self._put({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.close()
 
+    def _close_expired(self) -> None:
+        """No answer to our close in time: drop the connection. ``close`` would first flush
+        what the client is not reading, which may never end."""
+        self.close_timer = None
+        self.transport.abort()
+
     def _stop_close_timer(self) -> bool:
         """Cancel the wait for the client's close; whether one was running."""
         timer, self.close_timer = self.close_timer, None
@@ -311,11 +318,13 @@ class NodeWSProtocol(asyncio.Protocol):
     # --- outbound ---------------------------------------------------------------------------------
 
     async def send(self, message: dict[str, Any]) -> None:
-        if not self.writable.is_set():
+        kind = message["type"]
+        if kind != "websocket.close" and not self.writable.is_set():
+            # A close does not wait: a client that stopped reading (the fanout closes such
+            # sockets with 4100) would hold it, and the socket, forever.
             await self.writable.wait()
         if self.disconnected:
             raise ClientDisconnected()
-        kind = message["type"]
         if not self.handshake_complete:
             self._before_accept(message)
         elif not self.close_sent and not self.response_started:
@@ -335,7 +344,7 @@ class NodeWSProtocol(asyncio.Protocol):
                     if self.read_paused:
                         self.read_paused = False
                         self.transport.resume_reading()
-                    self.close_timer = self.loop.call_later(CLOSE_TIMEOUT_S, self.transport.close)
+                    self.close_timer = self.loop.call_later(CLOSE_TIMEOUT_S, self._close_expired)
             else:
                 raise RuntimeError(
                     "Expected ASGI message 'websocket.send' or 'websocket.close', "

@@ -472,7 +472,8 @@ async def _write(websocket: WebSocket, outbox: Outbox) -> None:
                 if code >= 4000:
                     # Every server close >= 4000 is preceded by the same error (spec 01 §2.4).
                     error = outbox.egress.error(code, reason)
-                    await _send(websocket, error)
+                    if not outbox.write_last(error):
+                        await _send(websocket, error)
                     metrics.ws_sent(outbox.app_id, _size(error))
                 await websocket.close(code, reason)
                 return

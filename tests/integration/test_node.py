@@ -463,3 +463,73 @@ def test_log_truncation_is_reported_and_reads_fail_closed(
     stalled = tools(node, "inspect-stream", "--app", APP_ID, "--channel", "trunc", "--json")
     assert stalled.returncode == 2
     assert json.loads(stalled.stdout)["verdict"] == "stalled"
+
+
+async def test_sockets_that_stop_reading_are_closed_and_dropped(tmp_path: Path) -> None:
+    """Fanout closes a socket whose send queue is full with 4100; a client that reads nothing
+    cannot take that close either, and must not keep its socket (and buffers) open."""
+    from tests.support.raw_ws import RawWebSocket
+
+    node = NodeProcess(tmp_path / "node")
+    node.start()
+    api = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+    sockets: list[RawWebSocket] = []
+    try:
+        subscribe = json.dumps({"event": "sockudo:subscribe", "data": {"channel": "flood"}})
+        for i in range(4):
+            ws = await RawWebSocket.connect(node, "protocol=2")
+            sockets.append(ws)
+            if i:  # the stalled ones: a small receive buffer fills their send queue sooner
+                raw = ws.writer.transport.get_extra_info("socket")
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await ws.read_frame()  # connection_established
+            ws.send_text(subscribe)
+            await ws.read_frame()  # subscription_succeeded
+        reader, *stalled = sockets
+
+        async def read_all(n: int) -> int:
+            got = 0
+            while got < n:
+                _, payload = await reader.read_frame(30)
+                got += b'"event":"ev"' in payload
+            return got
+
+        reading = asyncio.create_task(read_all(1000))
+        pad = "x" * 20_000
+        for start in range(0, 1000, 10):
+            batch = [
+                {"name": "ev", "channel": "flood", "data": f"{start + i}{pad}"} for i in range(10)
+            ]
+            body = json.dumps({"batch": batch}).encode()
+            r = await asyncio.to_thread(
+                api.request, "POST", f"/apps/{APP_ID}/batch_events", body=body
+            )
+            assert r.status_code == 200, r.text
+        assert await asyncio.wait_for(reading, 60) == 1000
+
+        def connected() -> tuple[float, int]:
+            """The node's socket gauge, and its TCP connections on the port still open."""
+            text = httpx.get(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5).text
+            line = next(x for x in text.splitlines() if x.startswith("sockudo_connected{"))
+            local = f"0100007F:{node.port:04X}"  # 127.0.0.1 as /proc/net/tcp prints it
+            rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+            established = sum(1 for r in rows if r.split()[1] == local and r.split()[3] == "01")
+            return float(line.rsplit(" ", 1)[1]), established
+
+        # The close handshake gets ws_protocol.CLOSE_TIMEOUT_S (10 s), then the connection
+        # is dropped, with what the client never read.
+        def only_the_reader_left() -> tuple[float, int]:
+            deadline = time.monotonic() + 30
+            while connected() != (1, 1) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return connected()
+
+        assert await asyncio.to_thread(only_the_reader_left) == (1, 1)
+        log = node.log_path.read_text(errors="replace")
+        assert log.count("closing slow socket") == len(stalled)
+        assert "Traceback" not in log
+    finally:
+        for ws in sockets:
+            await ws.close()
+        api.close()
+        node.kill()
