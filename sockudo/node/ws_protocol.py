@@ -36,7 +36,7 @@ from uvicorn.server import ServerState
 from wsproto.events import AcceptConnection, RejectConnection, RejectData
 
 from sockudo.node.fast_upgrade import FastHandshake, Upgrade, accept_head, judge_upgrade
-from sockudo.node.http_writes import CoalescingHttpProtocol
+from sockudo.node.http_deadline import DeadlineHttpProtocol
 from sockudo.ws import reader as frames
 from sockudo.ws.direct import FrameClock
 from sockudo.ws.framing import PONG, close_frame, control_frame, encode_frame
@@ -457,10 +457,11 @@ class NodeWSProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-class UpgradingHttpProtocol(CoalescingHttpProtocol):
+class UpgradingHttpProtocol(DeadlineHttpProtocol):
     """The node's HTTP protocol: hands the upgrades it can to :class:`NodeWSProtocol`."""
 
     def handle_websocket_upgrade(self) -> None:
+        self.stop_deadline()
         upgrade = upgrade_from(self)
         if upgrade is None:
             super().handle_websocket_upgrade()  # uvicorn's, with the re-serialised request

@@ -9,11 +9,13 @@ whole and in order (bodies, HEAD, 204, streamed chunks, ``connection: close``, p
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from sockudo.node import http_deadline
 from sockudo.node.http_writes import HeldHead
 from sockudo.node.serving import Listener, serve
 from tests.support.ports import free_port, wait_accepting
@@ -143,6 +145,47 @@ async def test_a_malformed_pipelined_request_is_refused_after_the_answers_before
     # A malformed request with nothing owed before it is refused at once, as before.
     refused = await exchange(port, b"NOT HTTP\r\n\r\n", until=b"xx")
     assert refused.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+async def test_requests_that_do_not_arrive_in_time_are_cut_off(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_deadline, "REQUEST_TIMEOUT_S", 0.5)
+
+    async def answer(*parts: bytes, pause: float = 0.0) -> tuple[bytes, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        began = time.monotonic()
+        try:
+            for part in parts:
+                writer.write(part)
+                await asyncio.sleep(pause)
+            data = await asyncio.wait_for(reader.read(-1), 10)  # until the server closes
+        finally:
+            writer.close()
+        return data, time.monotonic() - began
+
+    # A connection that never starts a request: closed, nothing said.
+    data, took = await answer()
+    assert (data, 0.4 < took < 3) == (b"", True), took
+    # Half a head, or a body that stops coming: 408, then closed.
+    for partial in (
+        b"GET /a HTTP/1.1\r\nHost: x\r\n",
+        b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{",
+    ):
+        data, took = await answer(partial)
+        assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
+        assert b"connection: close" in data
+        assert 0.4 < took < 3, took
+    # A body that keeps coming, however slowly, is read to its end; so are requests after it
+    # on the same connection.
+    head = b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n"
+    slow = [head, b"a", b"b", b"c", b"d", get("/next", extra="Connection: close\r\n")]
+    data, took = await answer(*slow, pause=0.3)
+    assert took > 1.5
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"200 OK", b"200 OK"], data
+    assert answers[0].endswith(b"echo:abcd")
+    assert answers[1].endswith(b"hello /next")
 
 
 class Recorder:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from sockudo.node import ws_protocol
+from sockudo.node import http_deadline, ws_protocol
 from sockudo.node.serving import Listener, serve
 from tests.support.ports import free_port, wait_accepting
 
@@ -297,6 +297,19 @@ async def test_messages_fragments_and_pings() -> None:
             big,
         ]
         assert messages[-1] == {"type": "websocket.disconnect", "code": 1001, "reason": ""}
+
+
+async def test_an_upgraded_socket_has_no_request_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The HTTP protocol's deadline on reading a request (http_deadline.py) ends with the
+    # upgrade: a quiet WebSocket is the heartbeats' business, on either protocol.
+    monkeypatch.setattr(http_deadline, "REQUEST_TIMEOUT_S", 0.3)
+    results = await both(
+        lambda server: session(
+            server.port, upgrade("/echo"), b"", frame(0x1, b"late"), close(1000), wait=0.6
+        )
+    )
+    for _head, rest, _messages, _server in results:
+        assert frames_of(rest) == [(0x1, b"late"), (0x8, struct.pack("!H", 1000))]
 
 
 async def test_server_close_and_its_answer() -> None:
