@@ -37,6 +37,10 @@ class ConfigError(SockudoError):
     """The configuration is invalid; the message says which key and why."""
 
 
+class NodeFailed(SockudoError):
+    """The node stopped because it could no longer do its job (see ``Runtime.fatal``)."""
+
+
 class LogError(SockudoError):
     """An operation on the append-only log failed."""
 

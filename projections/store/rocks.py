@@ -257,14 +257,17 @@ class ProjectionStore:
             self._db.flush_wal(True)
 
     def close(self) -> None:
-        self.flush()
-        # Column-family views hold the database open; drop them so the lock is released now,
-        # not whenever the garbage collector gets to them.
-        for cf in self._cfs.values():
-            cf.close()
-        self._cfs.clear()
-        self._handles.clear()
-        self._db.close()
+        """Flush and release the database; it is released even when the flush fails."""
+        try:
+            self.flush()
+        finally:
+            # Column-family views hold the database open; drop them so the lock is released
+            # now, not whenever the garbage collector gets to them.
+            for cf in self._cfs.values():
+                cf.close()
+            self._cfs.clear()
+            self._handles.clear()
+            self._db.close()
 
     @staticmethod
     def destroy(path: str | os.PathLike[str]) -> None:

@@ -168,6 +168,15 @@ class EventLog(Protocol):
         """Flush what was acknowledged and release resources."""
         ...
 
+    @property
+    def failure(self) -> BaseException | None:
+        """What stopped this log for good in this process, or ``None``.
+
+        Such a log refuses appends until it is opened again (the embedded log after a failed
+        write). An unreachable broker is not one: that passes.
+        """
+        ...
+
     async def ensure_topic(self, name: str, partitions: int, config: Mapping[str, str]) -> None:
         """Create the topic if absent. Idempotent.
 

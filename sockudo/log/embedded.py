@@ -494,6 +494,10 @@ class EmbeddedLog(LocalTopics[_Topic, _Partition]):
 
     # -- topics --------------------------------------------------------------------------
 
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
     async def ensure_topic(self, name: str, partitions: int, config: Mapping[str, str]) -> None:
         if partitions < 1:
             raise LogError(f"topic {name}: partitions must be >= 1, not {partitions}")

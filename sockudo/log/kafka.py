@@ -230,6 +230,10 @@ class KafkaLog:
 
     # -- topics --------------------------------------------------------------------------
 
+    @property
+    def failure(self) -> BaseException | None:
+        return None  # a broker outage passes: appends fail meanwhile, then go on
+
     async def ensure_topic(self, name: str, partitions: int, config: Mapping[str, str]) -> None:
         admin = self._require(self._admin)
         configs = dict(config)

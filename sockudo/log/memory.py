@@ -90,6 +90,10 @@ class MemoryLog(LocalTopics[_Topic, _Partition]):
         if not self._open:
             raise LogUnavailable("memory log is not started (or already closed)")
 
+    @property
+    def failure(self) -> BaseException | None:
+        return None  # memory does not fail
+
     async def ensure_topic(self, name: str, partitions: int, config: Mapping[str, str]) -> None:
         self._require_open()
         if partitions < 1:

@@ -16,7 +16,7 @@ import uvloop
 
 from sockudo import metrics
 from sockudo.config import Settings, load_settings
-from sockudo.errors import ConfigError, LogUnavailable
+from sockudo.errors import ConfigError, LogUnavailable, NodeFailed
 from sockudo.node.app import build_app
 from sockudo.node.cluster import ClusterService
 from sockudo.node.connections import ConnectionService
@@ -113,6 +113,22 @@ async def run_node(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    failed: list[str] = []
+
+    async def stop_when_failed() -> None:
+        # A node that can no longer fold or append would answer 504s forever; stopping sends
+        # its clients elsewhere (4200) and lets a supervisor start it again.
+        while not stop.is_set():
+            reason = runtime.fatal()
+            if reason is not None:
+                log.error("stopping: %s", reason)
+                failed.append(reason)
+                stop.set()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FAILURE_CHECK_S)
+
+    watchdog = asyncio.create_task(stop_when_failed())
 
     async def shutdown_trigger() -> None:
         await stop.wait()
@@ -167,12 +183,18 @@ async def run_node(settings: Settings) -> None:
         await asyncio.gather(*servers)
     finally:
         stop.set()  # a listener that could not bind stops the others
-        await asyncio.gather(*servers, return_exceptions=True)
+        await asyncio.gather(*servers, watchdog, return_exceptions=True)
         # The sockets are closed and their leaves appended: announce the stop, then close.
         await cluster.stop(announce=True)
         await runtime.stop()
-        log.info("sockudo-node stopped cleanly")
+        if not failed:
+            log.info("sockudo-node stopped cleanly")
+    if failed:
+        raise NodeFailed(failed[0])
 
+
+FAILURE_CHECK_S = 1.0
+"""How often the node asks its runtime whether it can still do its job."""
 
 GC_THRESHOLDS = (20_000, 20, 20)
 """Young-generation size and promotion counts for the serving phase.
@@ -224,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Where the node runs is wrong (an address taken, a broker unreachable, a data
             # directory another node holds): say so, no traceback.
             print(f"sockudo-node: {exc}", file=sys.stderr)
+            return 1
+        except NodeFailed as exc:
+            print(f"sockudo-node: stopped: {exc}", file=sys.stderr)
             return 1
     return 0
 

@@ -103,8 +103,13 @@ class FoldRunner:
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                if self.failure is None:
+                    raise  # a failure of the loop was logged when it died; others were not
         if self._reader is not None:
             await self._reader.close()
         for futures in self._waiters.values():
@@ -128,6 +133,8 @@ class FoldRunner:
             return decode_offset_outcome(raw)
         if st.stall is not None:
             raise FoldTimeout(f"partition {partition} is stalled: {st.stall.reason}")
+        if self.failure is not None:
+            raise FoldTimeout(f"the fold loop failed: {self.failure}")
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault((partition, offset), []).append(fut)
         try:
@@ -218,6 +225,11 @@ class FoldRunner:
         except BaseException as exc:
             self.failure = exc
             log.exception("fold loop of %s died", self.topic)
+            # Nobody will answer those waiting: they learn now, not at their timeout.
+            for futures in self._waiters.values():
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_exception(FoldTimeout(f"the fold loop failed: {exc}"))
             raise
 
     def _fail_waiters(self, partition: int, stall: Stall) -> None:

@@ -135,6 +135,21 @@ class Runtime:
             node_id=self.settings.node_id,
         )
 
+    def fatal(self) -> str | None:
+        """Why this node can no longer do its job, or ``None``.
+
+        The fold loop died (the projection could not be written, say), or the log refuses
+        appends for good (the embedded log after a failed write). Either lasts until the
+        process starts again, so the node should stop rather than linger half-working.
+        """
+        runner = self.runner
+        if runner is not None and runner.failure is not None:
+            return f"the fold loop failed: {runner.failure}"
+        failure = self.log.failure
+        if failure is not None:
+            return f"the event log failed: {failure}"
+        return None
+
     def partition_of(self, app_id: str, channel: str) -> int:
         """The channel's partition (every publish and history read asks: murmur2 in Python is
         a few µs, so answers are remembered)."""
@@ -152,9 +167,24 @@ class Runtime:
 
     async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
         """Fold what is already in the log (bounded), checkpoint, close everything."""
+        failed = self.fatal()
         if self.runner is not None:
-            await self.runner.wait_caught_up(drain_timeout_s)
+            if failed is None:
+                await self.runner.wait_caught_up(drain_timeout_s)
             await self.runner.stop()
+        errors: list[Exception] = []
         if self.store is not None:
-            self.store.close()
-        await self.log.close()
+            try:
+                self.store.close()
+            except Exception as exc:
+                errors.append(exc)
+        try:
+            await self.log.close()
+        except Exception as exc:
+            errors.append(exc)
+        if errors and failed is None:
+            raise errors[0]
+        for error in errors:
+            # Stopping because storage failed: what could not be flushed at close is what
+            # failed, and nothing of it was acknowledged.
+            log.warning("storage not closed cleanly after the failure: %s", error)

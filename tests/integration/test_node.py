@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -532,4 +533,108 @@ async def test_sockets_that_stop_reading_are_closed_and_dropped(tmp_path: Path) 
         for ws in sockets:
             await ws.close()
         api.close()
+        node.kill()
+
+
+def start_with_file_size_limit(node: NodeProcess, limit: int) -> subprocess.Popen[bytes]:
+    """``node`` started with no file of its process allowed past ``limit`` bytes; once up."""
+    import resource
+
+    from tests.support.node import CONFIG
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    node.data_dir.mkdir(parents=True)
+    node.config_path.write_text(
+        CONFIG.format(app_id=APP_ID, app_key=APP_KEY, app_secret=APP_SECRET)
+    )
+    command = [sys.executable, "-m", "sockudo.node.cli", "--config", str(node.config_path)]
+    with node.log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=node.env(), stdout=out, stderr=subprocess.STDOUT, preexec_fn=limited
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{node.base_url}/live", timeout=1).status_code == 200:
+                return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"node did not come up:\n{node.tail()}")
+
+
+async def test_a_node_whose_storage_fails_stops_and_a_restart_loses_nothing_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """A write its disk refuses (a file-size limit on the process here, as a full disk would)
+    leaves a node unable to fold or append. It stops, exit status 1, telling its sockets to
+    reconnect (4200); started again, it has every publish it acknowledged."""
+    from tests.support.raw_ws import CLOSE, RawWebSocket, close_code
+
+    node = NodeProcess(tmp_path / "node")
+    proc = await asyncio.to_thread(start_with_file_size_limit, node, 3_000_000)
+    api = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+    try:
+        ws = await RawWebSocket.connect(node, "protocol=2")
+        await ws.read_frame()
+        ws.send_text(json.dumps({"event": "sockudo:subscribe", "data": {"channel": "other"}}))
+        await ws.read_frame()
+
+        acked: list[str] = []
+        unknown: list[str] = []
+        pad = "x" * 5_000
+        for n in range(3_000):
+            try:
+                r = await asyncio.to_thread(
+                    api.publish, {"name": "ev", "channel": "disk", "data": f"{n}:{pad}"}
+                )
+            except httpx.TransportError:
+                break  # the node is going
+            if r.status_code == 200:
+                acked.append(f"{n}:{pad}")
+            else:
+                assert (r.status_code, r.json()["code"]) in (
+                    (503, "service_unavailable"),
+                    (504, "publish_outcome_unknown"),
+                    (504, "fold_timeout"),
+                ), r.text
+                if r.status_code == 504:
+                    unknown.append(f"{n}:{pad}")
+            if proc.poll() is not None:
+                break
+        assert acked, "nothing was published before the limit"
+        assert await asyncio.to_thread(proc.wait, 60) == 1
+        closes = []
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                opcode, payload = await ws.read_frame(10)
+                if opcode == CLOSE:
+                    closes.append(close_code(payload))
+                    break
+        assert closes == [4200]
+        await ws.close()
+        log = node.log_path.read_text(errors="replace")
+        assert "sockudo-node: stopped: " in log
+        assert "File too large" in log
+
+        node.start()  # no limit this time
+        stored, serials, cursor = [], [], None
+        while True:
+            params = {"limit": "100", "direction": "oldest_first"}
+            if cursor:
+                params["cursor"] = cursor
+            page = api.history("disk", **params).json()
+            stored += [item["message"]["data"] for item in page["items"]]
+            serials += [item["serial"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert serials == list(range(1, len(stored) + 1))
+        assert [d for d in stored if d in set(acked)] == acked
+        assert set(stored) <= set(acked) | set(unknown)
+    finally:
+        api.close()
+        if proc.poll() is None:
+            proc.kill()
         node.kill()
