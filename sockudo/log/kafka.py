@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
@@ -129,6 +129,19 @@ def _name(tp: Any) -> str:
     return f"{tp.topic}[{tp.partition}]"
 
 
+CLIENT_STOP_TIMEOUT_S = 10.0
+"""How long closing waits for an aiokafka client to stop. A producer's stop delivers what it
+still holds, which with the broker out of reach would wait for its delivery timeout; those
+records were never acknowledged, and the node is going."""
+
+
+async def _bounded_stop(stop: Awaitable[Any], what: str) -> None:
+    try:
+        await asyncio.wait_for(stop, CLIENT_STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("%s did not stop within %.0f s; going on", what, CLIENT_STOP_TIMEOUT_S)
+
+
 class KafkaLog:
     """An ``EventLog`` on an Apache Kafka cluster (KRaft, 4.x; 3.9 works too).
 
@@ -209,7 +222,7 @@ class KafkaLog:
         # producer goes first: its stop() delivers whatever aiokafka still holds.
         flushers = [q.flusher for q in self._queues.values() if q.flusher is not None]
         if flushers:
-            await asyncio.gather(*flushers, return_exceptions=True)
+            await _bounded_stop(asyncio.gather(*flushers, return_exceptions=True), "appends")
         self._queues.clear()
         self._watchdog.cancel()
         for client in (producer, offsets, admin):
@@ -218,10 +231,8 @@ class KafkaLog:
 
     @staticmethod
     async def _stop_client(client: Any) -> None:
-        if isinstance(client, AIOKafkaAdminClient):
-            await client.close()
-        else:
-            await client.stop()
+        stop = client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
+        await _bounded_stop(stop, type(client).__name__)
 
     def _require(self, client: Any) -> Any:
         if client is None:
@@ -719,4 +730,4 @@ class KafkaReader:
         self._log._forget_reader(self)
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
-            await consumer.stop()
+            await _bounded_stop(consumer.stop(), "AIOKafkaConsumer")

@@ -15,7 +15,7 @@ from pathlib import Path
 from projections.projector import Projector
 from projections.store.rocks import FOLD_VERSION, ProjectionStore
 from sockudo.config import Settings
-from sockudo.errors import CodecError, ConfigError
+from sockudo.errors import CodecError, ConfigError, LogError
 from sockudo.events import codec
 from sockudo.log.base import EventLog, LogRecord
 from sockudo.log.partitioning import channel_key, partition_for
@@ -170,7 +170,12 @@ class Runtime:
         failed = self.fatal()
         if self.runner is not None:
             if failed is None:
-                await self.runner.wait_caught_up(drain_timeout_s)
+                try:
+                    await self.runner.wait_caught_up(drain_timeout_s)
+                except LogError as exc:
+                    # The log is out of reach (a broker outage): stop without draining; the
+                    # checkpoints say where the next start picks up.
+                    log.warning("stopping without folding to the log end: %s", exc)
             await self.runner.stop()
         errors: list[Exception] = []
         if self.store is not None:

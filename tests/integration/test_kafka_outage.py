@@ -103,3 +103,42 @@ def test_a_frozen_broker_fails_publishes_cleanly_and_the_node_recovers(
         api.close()
         node.kill()
         broker.stop()
+
+
+@pytest.mark.kafka
+def test_a_node_stops_in_bounded_time_while_its_broker_is_frozen(
+    kafka_bootstrap: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    session = request.config.stash[KAFKA_RESOLUTION].broker
+    if session is None:
+        pytest.skip(reason="needs the local broker's classpath; the session broker is not local")
+    broker = LocalKafkaBroker(workdir=tmp_path / "broker", lib=session.lib, java=session.java)
+    bootstrap = broker.start()
+    node = NodeProcess(
+        tmp_path / "node",
+        log_backend="kafka",
+        kafka_bootstrap=bootstrap,
+        channel_partitions=3,
+        extra_env={"EVENT_LOG_ACK_TIMEOUT_MS": "2000"},
+    )
+    api = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+    try:
+        node.start()
+        assert publish(api, 0).status_code == 200
+        assert broker.pid is not None
+        assert node.proc is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            assert publish(api, 1).status_code in CODES  # something is left to deliver
+            node.proc.send_signal(signal.SIGTERM)
+            # Each step that needs the broker gives up on its own bound (announce, drain,
+            # the producer's last deliveries: about 35 s in all here), so the stop does not
+            # wait for the broker to come back.
+            assert node.proc.wait(90) == 0
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert "sockudo-node stopped cleanly" in node.tail()
+    finally:
+        api.close()
+        node.kill()
+        broker.stop()
