@@ -6,14 +6,19 @@ fold must give the same bytes in every column family (spec 05 §7.7, check 26).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from projections.projector import Projector
 from projections.store.rocks import FOLD_VERSION, ProjectionStore
 from sockudo.config import Settings
+from sockudo.errors import SockudoError
 from sockudo.log.base import EventLog
 from sockudo.log.partitioning import partition_for
 from sockudo.node.runtime import decode_record
@@ -88,10 +93,47 @@ async def replay(
     return folded, reached, stalled
 
 
+class ProjectionInUse(SockudoError):
+    """The projection to replace is open in a running node."""
+
+
+@contextlib.contextmanager
+def exclusive(projection: Path) -> Iterator[None]:
+    """Hold the projection's RocksDB lock for the block: a running node holds it, and the
+    directory must not be swapped under it (its RocksDB would go on writing into the new one).
+    Raises :class:`ProjectionInUse` when it is held."""
+    lock = projection / "LOCK"
+    if not lock.exists():
+        yield  # no projection yet: nothing can be open on it
+        return
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # RocksDB locks it the same way
+        except OSError:
+            raise ProjectionInUse(
+                f"the projection at {projection} is in use by a running node: stop the node "
+                "first (or compare without replacing: rebuild --verify)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 async def rebuild(
     settings: Settings, event_log: EventLog, projection: Path, *, verify: bool
 ) -> RebuildReport:
-    """Replay into ``projection.new``; with ``verify`` compare with the live one, else swap."""
+    """Replay into ``projection.new``; with ``verify`` compare with the live one, else swap
+    (refused while a node has the projection open)."""
+    if verify:
+        return await _rebuild(settings, event_log, projection, verify=True)
+    with exclusive(projection):
+        return await _rebuild(settings, event_log, projection, verify=False)
+
+
+async def _rebuild(
+    settings: Settings, event_log: EventLog, projection: Path, *, verify: bool
+) -> RebuildReport:
     topic = topic_name(settings.topic_prefix, CHANNEL_EVENTS)
     fresh = projection.with_name(projection.name + ".new")
     until: dict[int, int] | None = None

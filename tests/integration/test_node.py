@@ -403,6 +403,28 @@ def test_rebuild_verify_reports_identical_projections(api: SignedClient, node: N
     assert "events replayed: " in result.stdout
 
 
+def test_rebuild_replaces_the_projection_only_of_a_stopped_node(
+    api: SignedClient, node: NodeProcess
+) -> None:
+    for i in range(1, 11):
+        assert publish_ok(api, "r", i)["history_serial"] == i
+    # Running: its RocksDB would go on writing into the swapped-in directory. Refused, and
+    # nothing is touched.
+    refused = tools(node, "rebuild")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "in use by a running node" in refused.stderr
+    assert not (node.data_dir / "projection.new").exists()
+    assert publish_ok(api, "r", 11)["history_serial"] == 11
+    assert node.stop() == 0
+    rebuilt = tools(node, "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "projection rebuilt at " in rebuilt.stdout
+    node.start()
+    page = api.history("r", limit="100", direction="oldest_first").json()
+    assert [item["serial"] for item in page["items"]] == list(range(1, 12))
+    assert publish_ok(api, "r", 12)["history_serial"] == 12
+
+
 def test_inspect_stream_on_a_healthy_channel(api: SignedClient, node: NodeProcess) -> None:
     for i in range(4):
         publish_ok(api, "inspected", i)
