@@ -41,6 +41,10 @@ class NodeFailed(SockudoError):
     """The node stopped because it could no longer do its job (see ``Runtime.fatal``)."""
 
 
+class ProjectionUnavailable(SockudoError):
+    """The node's projection database cannot be opened (another process holds it, I/O)."""
+
+
 class LogError(SockudoError):
     """An operation on the append-only log failed."""
 

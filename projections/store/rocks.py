@@ -29,6 +29,7 @@ from rocksdict import (
 )
 
 from projections.store import keys
+from sockudo.errors import ProjectionUnavailable
 
 _CKPT = struct.Struct(">QqI")
 
@@ -126,7 +127,12 @@ class ProjectionStore:
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             cfs = {name: _cf_options(name) for name in keys.COLUMN_FAMILIES}
-            self._db = Rdict(str(self.path), _options(), column_families=cfs)
+            try:
+                self._db = Rdict(str(self.path), _options(), column_families=cfs)
+            except Exception as exc:  # rocksdict raises plain Exception (a lock held, I/O)
+                raise ProjectionUnavailable(
+                    f"cannot open projection at {self.path}: {exc}"
+                ) from None
         self._cfs = {name: self._db.get_column_family(name) for name in keys.COLUMN_FAMILIES}
         self._handles = {
             name: self._db.get_column_family_handle(name) for name in keys.COLUMN_FAMILIES

@@ -16,7 +16,7 @@ import uvloop
 
 from sockudo import metrics
 from sockudo.config import Settings, load_settings
-from sockudo.errors import ConfigError, LogUnavailable, NodeFailed
+from sockudo.errors import ConfigError, LogUnavailable, NodeFailed, ProjectionUnavailable
 from sockudo.node.app import build_app
 from sockudo.node.cluster import ClusterService
 from sockudo.node.connections import ConnectionService
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             runner.run(run_node(settings))
-        except (ListenError, LogUnavailable) as exc:
+        except (ListenError, LogUnavailable, ProjectionUnavailable) as exc:
             # Where the node runs is wrong (an address taken, a broker unreachable, a data
             # directory another node holds): say so, no traceback.
             print(f"sockudo-node: {exc}", file=sys.stderr)

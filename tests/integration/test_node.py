@@ -245,6 +245,35 @@ def test_cut_short_and_malformed_requests_append_nothing_and_log_no_error(
     assert " ERROR " not in log, log
 
 
+def test_a_projection_another_process_holds_is_a_clear_error(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node")
+    node.start()
+    node.stop()
+    lock = node.data_dir / "projection" / "LOCK"
+    hold = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "held"
+            proc = subprocess.run(
+                [sys.executable, "-m", "sockudo.node.cli"],
+                env=node.env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            holder.kill()
+    assert proc.returncode == 1, proc.stderr
+    assert "sockudo-node: cannot open projection at " in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("taken", ["PORT", "METRICS_PORT"])
 def test_an_address_in_use_is_a_clear_error_and_a_clean_exit(taken: str, tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node")
