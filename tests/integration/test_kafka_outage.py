@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,27 @@ def wait_for(check: Any, timeout: float = 60.0) -> Any:
         time.sleep(0.2)
 
 
-@pytest.mark.kafka
-def test_a_frozen_broker_fails_publishes_cleanly_and_the_node_recovers(
+@dataclass
+class Outage:
+    """A broker of the test's own (frozen and thawed at will) and a node on it."""
+
+    broker: LocalKafkaBroker
+    node: NodeProcess
+    api: SignedClient
+
+    def freeze(self) -> None:
+        assert self.broker.pid is not None
+        os.kill(self.broker.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.broker.pid is not None
+        os.kill(self.broker.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def outage(
     kafka_bootstrap: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+) -> Iterator[Outage]:
     session = request.config.stash[KAFKA_RESOLUTION].broker
     if session is None:
         pytest.skip(reason="needs the local broker's classpath; the session broker is not local")
@@ -57,48 +76,7 @@ def test_a_frozen_broker_fails_publishes_cleanly_and_the_node_recovers(
     api = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
     try:
         node.start()
-        acked = []
-        for n in range(3):
-            assert publish(api, n).status_code == 200
-            acked.append(f"m{n}")
-        assert broker.pid is not None
-        os.kill(broker.pid, signal.SIGSTOP)
-        refused, unknown = [], []
-        try:
-            for n in range(3, 6):
-                r = publish(api, n)
-                assert r.status_code in CODES, r.text
-                assert r.json()["code"] == CODES[r.status_code]
-                (refused if r.status_code == 503 else unknown).append(f"m{n}")
-            assert httpx.get(f"{node.base_url}/live", timeout=5).status_code == 200
-            assert httpx.get(f"{node.base_url}/up", timeout=5).status_code == 503
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
-
-        # Back: publishes are acknowledged again and the node reports healthy.
-        def accepted(n: int) -> bool:
-            return publish(api, n).status_code == 200
-
-        assert wait_for(lambda: accepted(6)), "publishes never recovered"
-        acked.append("m6")
-        for n in range(7, 10):
-            assert publish(api, n).status_code == 200
-            acked.append(f"m{n}")
-        up = wait_for(lambda: httpx.get(f"{node.base_url}/up", timeout=5).status_code == 200)
-        assert up, "/up never recovered"
-
-        # History: every acknowledged message once, in order, serials without gaps; a refused
-        # (503) one never; one whose outcome was unknown (504) at most once.
-        page = api.history(CHANNEL, limit="100", direction="oldest_first").json()
-        items = page["items"]
-        assert [it["serial"] for it in items] == list(range(1, len(items) + 1))
-        stored = [it["message"]["data"] for it in items]
-        assert [d for d in stored if d in acked] == acked
-        assert not set(stored) & set(refused)
-        assert all(stored.count(d) <= 1 for d in unknown)
-        assert set(stored) <= set(acked) | set(unknown)
-        log = node.log_path.read_text(errors="replace")
-        assert "Traceback" not in log
+        yield Outage(broker, node, api)
     finally:
         api.close()
         node.kill()
@@ -106,39 +84,71 @@ def test_a_frozen_broker_fails_publishes_cleanly_and_the_node_recovers(
 
 
 @pytest.mark.kafka
-def test_a_node_stops_in_bounded_time_while_its_broker_is_frozen(
-    kafka_bootstrap: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    session = request.config.stash[KAFKA_RESOLUTION].broker
-    if session is None:
-        pytest.skip(reason="needs the local broker's classpath; the session broker is not local")
-    broker = LocalKafkaBroker(workdir=tmp_path / "broker", lib=session.lib, java=session.java)
-    bootstrap = broker.start()
-    node = NodeProcess(
-        tmp_path / "node",
-        log_backend="kafka",
-        kafka_bootstrap=bootstrap,
-        channel_partitions=3,
-        extra_env={"EVENT_LOG_ACK_TIMEOUT_MS": "2000"},
-    )
-    api = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+def test_a_frozen_broker_fails_publishes_cleanly_and_the_node_recovers(outage: Outage) -> None:
+    node, api = outage.node, outage.api
+    acked = []
+    for n in range(3):
+        assert publish(api, n).status_code == 200
+        acked.append(f"m{n}")
+    outage.freeze()
+    refused, unknown = [], []
     try:
-        node.start()
-        assert publish(api, 0).status_code == 200
-        assert broker.pid is not None
-        assert node.proc is not None
-        os.kill(broker.pid, signal.SIGSTOP)
-        try:
-            assert publish(api, 1).status_code in CODES  # something is left to deliver
-            node.proc.send_signal(signal.SIGTERM)
-            # Each step that needs the broker gives up on its own bound (announce, drain,
-            # the producer's last deliveries: about 35 s in all here), so the stop does not
-            # wait for the broker to come back.
-            assert node.proc.wait(90) == 0
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
-        assert "sockudo-node stopped cleanly" in node.tail()
+        for n in range(3, 6):
+            r = publish(api, n)
+            assert r.status_code in CODES, r.text
+            assert r.json()["code"] == CODES[r.status_code]
+            (refused if r.status_code == 503 else unknown).append(f"m{n}")
+        assert httpx.get(f"{node.base_url}/live", timeout=5).status_code == 200
+        assert httpx.get(f"{node.base_url}/up", timeout=5).status_code == 503
     finally:
-        api.close()
-        node.kill()
-        broker.stop()
+        outage.thaw()
+
+    # Back: publishes are acknowledged again and the node reports healthy. Each try is a
+    # message of its own: one answered 504 may still be stored.
+    tries = iter(range(100, 1000))
+
+    def accepted() -> bool:
+        n = next(tries)
+        r = publish(api, n)
+        (acked if r.status_code == 200 else unknown if r.status_code == 504 else refused).append(
+            f"m{n}"
+        )
+        return r.status_code == 200
+
+    assert wait_for(accepted), "publishes never recovered"
+    for n in range(7, 10):
+        assert publish(api, n).status_code == 200
+        acked.append(f"m{n}")
+    up = wait_for(lambda: httpx.get(f"{node.base_url}/up", timeout=5).status_code == 200)
+    assert up, "/up never recovered"
+
+    # History: every acknowledged message once, in order, serials without gaps; a refused
+    # (503) one never; one whose outcome was unknown (504) at most once.
+    page = api.history(CHANNEL, limit="100", direction="oldest_first").json()
+    items = page["items"]
+    assert [it["serial"] for it in items] == list(range(1, len(items) + 1))
+    stored = [it["message"]["data"] for it in items]
+    assert [d for d in stored if d in acked] == acked
+    assert not set(stored) & set(refused)
+    assert all(stored.count(d) <= 1 for d in unknown)
+    assert set(stored) <= set(acked) | set(unknown)
+    log = node.log_path.read_text(errors="replace")
+    assert "Traceback" not in log
+
+
+@pytest.mark.kafka
+def test_a_node_stops_in_bounded_time_while_its_broker_is_frozen(outage: Outage) -> None:
+    proc = outage.node.proc
+    assert proc is not None
+    assert publish(outage.api, 0).status_code == 200
+    outage.freeze()
+    try:
+        assert publish(outage.api, 1).status_code in CODES  # something is left to deliver
+        proc.send_signal(signal.SIGTERM)
+        # Each step that needs the broker gives up on its own bound (announce, drain, the
+        # producer's last deliveries: about 35 s in all here), so the stop does not wait for
+        # the broker to come back.
+        assert proc.wait(90) == 0
+    finally:
+        outage.thaw()
+    assert "sockudo-node stopped cleanly" in outage.node.tail()

@@ -245,6 +245,12 @@ def test_cut_short_and_malformed_requests_append_nothing_and_log_no_error(
     assert " ERROR " not in log, log
 
 
+def run_node_cli(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``sockudo-node`` run to its end: for nodes that must refuse to start."""
+    command = [sys.executable, "-m", "sockudo.node.cli"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
 def test_a_projection_another_process_holds_is_a_clear_error(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node")
     node.start()
@@ -260,13 +266,7 @@ def test_a_projection_another_process_holds_is_a_clear_error(tmp_path: Path) -> 
         try:
             assert holder.stdout is not None
             assert holder.stdout.readline().strip() == "held"
-            proc = subprocess.run(
-                [sys.executable, "-m", "sockudo.node.cli"],
-                env=node.env(),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            proc = run_node_cli(node.env())
         finally:
             holder.kill()
     assert proc.returncode == 1, proc.stderr
@@ -282,13 +282,7 @@ def test_an_address_in_use_is_a_clear_error_and_a_clean_exit(taken: str, tmp_pat
         holder.listen()
         port = holder.getsockname()[1]
         env = {**node.env(), taken: str(port)}
-        proc = subprocess.run(
-            [sys.executable, "-m", "sockudo.node.cli"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = run_node_cli(env)
     assert proc.returncode == 1, proc.stderr
     assert f"sockudo-node: cannot listen on 127.0.0.1:{port}: " in proc.stderr
     assert "address already in use" in proc.stderr
@@ -303,13 +297,7 @@ def test_a_data_dir_another_node_holds_is_a_clear_error(tmp_path: Path) -> None:
     first.start()
     try:
         second = NodeProcess(tmp_path / "node")  # same data dir, ports of its own
-        proc = subprocess.run(
-            [sys.executable, "-m", "sockudo.node.cli"],
-            env=second.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = run_node_cli(second.env())
         assert proc.returncode == 1, proc.stderr
         assert "sockudo-node: cannot open embedded log at " in proc.stderr
         assert "Traceback" not in proc.stderr
