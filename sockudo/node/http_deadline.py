@@ -21,8 +21,8 @@ from sockudo.node.http_writes import CoalescingHttpProtocol
 __all__ = ["REQUEST_TIMEOUT_S", "DeadlineHttpProtocol"]
 
 REQUEST_TIMEOUT_S = 30.0
-"""For a request's head in all, and for each pause in its body (hyper's default header read
-timeout is also 30 s)."""
+"""For a request's head in all, and for each pause in its body: far longer than a client on a
+working network needs, short enough that idle connections do not pile up."""
 
 _TIMEOUT_BODY = b"Request Timeout"
 _TIMEOUT_RESPONSE = (
