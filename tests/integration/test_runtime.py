@@ -13,7 +13,7 @@ from projections.folds.state import APPLIED, StreamHead
 from projections.projector import STALL_UNDECODABLE
 from projections.reads.history import HistoryQuery
 from projections.store import keys
-from projections.store.rocks import FOLD_VERSION, ProjectionStore
+from projections.store.rocks import FOLD_VERSION, ProjectionStore, Stall
 from sockudo.config import Settings, load_settings
 from sockudo.errors import StreamNotHealthy
 from sockudo.events.channel import MessagePublished, Origin
@@ -75,31 +75,40 @@ async def append_raw(
     return p
 
 
+async def stall_one_partition(service: ChannelService, **record: Any) -> tuple[str, int, Stall]:
+    """One message on the first of one channel per partition, then a crafted record
+    (``append_raw``) after it. The record's partition must stall, its channel fail closed
+    with that stall's reason, and every other partition keep folding and serving.
+    Returns (its channel, its partition, the stall)."""
+    runtime = service.runtime
+    bad, *good = channels_in_distinct_partitions(runtime)
+    assert await publish(service, bad) == 1
+    p = await append_raw(runtime, bad, **record)
+    assert runtime.runner is not None
+    assert await runtime.runner.wait_caught_up(5)
+    stall = runtime.runner.projector.state[p].stall
+    assert stall is not None
+    app = service.settings.app_by_id("app-id")
+    assert app is not None
+    with pytest.raises(StreamNotHealthy) as err:
+        service.history_page(app, bad, HistoryQuery(limit=10))
+    assert err.value.state["reason"] == stall.reason
+    for channel in good:
+        assert await publish(service, channel) == 1
+        assert service.history_page(app, channel, HistoryQuery(limit=10))["items"]
+    return bad, p, stall
+
+
 async def test_undecodable_record_stalls_only_its_partition(tmp_path: Path) -> None:
     s = settings(tmp_path)
     runtime = Runtime(s)
     await runtime.start()
     service = ChannelService(runtime)
     try:
-        bad, *good = channels_in_distinct_partitions(runtime)
-        assert await publish(service, bad) == 1
         # A record from a future schema version (255) lands in the first channel's partition.
-        p = await append_raw(runtime, bad, version=b"\xff")
-        assert runtime.runner is not None
-        assert await runtime.runner.wait_caught_up(5)
-        stall = runtime.runner.projector.state[p].stall
-        assert stall is not None
+        bad, p, stall = await stall_one_partition(service, version=b"\xff")
         assert stall.reason == STALL_UNDECODABLE
         assert stall.offset == 1
-        app = s.app_by_id("app-id")
-        assert app is not None
-        with pytest.raises(StreamNotHealthy) as err:
-            service.history_page(app, bad, HistoryQuery(limit=10))
-        assert err.value.state["reason"] == STALL_UNDECODABLE
-        # The other partitions keep folding and serving.
-        for channel in good:
-            assert await publish(service, channel) == 1
-            assert service.history_page(app, channel, HistoryQuery(limit=10))["items"]
     finally:
         await runtime.stop()
 
@@ -109,9 +118,9 @@ async def test_undecodable_record_stalls_only_its_partition(tmp_path: Path) -> N
     try:
         assert again.runner is not None
         assert await again.runner.wait_caught_up(5)
-        stall = again.runner.projector.state[p].stall
-        assert stall is not None
-        assert stall.offset == 1
+        kept = again.runner.projector.state[p].stall
+        assert kept is not None
+        assert kept.offset == 1
     finally:
         await again.stop()
 
@@ -138,22 +147,9 @@ async def test_a_record_the_fold_cannot_apply_stalls_only_its_partition(tmp_path
     await runtime.start()
     service = ChannelService(runtime)
     try:
-        bad, *good = channels_in_distinct_partitions(runtime)
-        assert await publish(service, bad) == 1
-        p = await append_raw(runtime, bad, data="{not json", data_is_json=True)
-        assert runtime.runner is not None
-        assert await runtime.runner.wait_caught_up(5)
-        stall = runtime.runner.projector.state[p].stall
-        assert stall is not None
+        bad, _p, stall = await stall_one_partition(service, data="{not json", data_is_json=True)
         assert (stall.reason, stall.offset) == (STALL_UNDECODABLE, 1)
         assert "JSONDecodeError" in stall.detail
-        app = s.app_by_id("app-id")
-        assert app is not None
-        with pytest.raises(StreamNotHealthy):
-            service.history_page(app, bad, HistoryQuery(limit=10))
-        for channel in good:
-            assert await publish(service, channel) == 1
-            assert service.history_page(app, channel, HistoryQuery(limit=10))["items"]
         # Nothing of the bad record was applied: its channel still holds one message.
         store = runtime.store
         assert store is not None
