@@ -17,6 +17,7 @@ import uvloop
 from sockudo import metrics
 from sockudo.config import Settings, load_settings
 from sockudo.errors import ConfigError, LogUnavailable, NodeFailed, ProjectionUnavailable
+from sockudo.node import logs
 from sockudo.node.app import build_app
 from sockudo.node.cluster import ClusterService
 from sockudo.node.connections import ConnectionService
@@ -230,9 +231,7 @@ async def declare_orphans_dead(connections: ConnectionService, cluster: ClusterS
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level)
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:

@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,57 +83,102 @@ def outage(
         broker.stop()
 
 
-@pytest.mark.kafka
-def test_a_frozen_broker_fails_publishes_cleanly_and_the_node_recovers(outage: Outage) -> None:
-    node, api = outage.node, outage.api
-    acked = []
-    for n in range(3):
-        assert publish(api, n).status_code == 200
-        acked.append(f"m{n}")
-    outage.freeze()
-    refused, unknown = [], []
-    try:
-        for n in range(3, 6):
-            r = publish(api, n)
+@dataclass
+class Tally:
+    """Every message a test published, by what the node answered."""
+
+    api: SignedClient
+    acked: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+    def publish(self, n: int) -> httpx.Response:
+        r = publish(self.api, n)
+        if r.status_code == 200:
+            self.acked.append(f"m{n}")
+        else:
             assert r.status_code in CODES, r.text
             assert r.json()["code"] == CODES[r.status_code]
-            (refused if r.status_code == 503 else unknown).append(f"m{n}")
+            (self.refused if r.status_code == 503 else self.unknown).append(f"m{n}")
+        return r
+
+    def until_accepted(self) -> bool:
+        """Publish new messages until one is acknowledged (60 s at most). Each try is a
+        message of its own: one answered 504 may still be stored."""
+        tries = iter(range(100, 1000))
+        return bool(wait_for(lambda: self.publish(next(tries)).status_code == 200))
+
+    def assert_stored(self) -> None:
+        """Every acknowledged message once, in order, serials without gaps; a refused (503)
+        one never; one whose outcome was unknown (504) at most once."""
+        page = self.api.history(CHANNEL, limit="1000", direction="oldest_first").json()
+        items = page["items"]
+        assert [it["serial"] for it in items] == list(range(1, len(items) + 1))
+        stored = [it["message"]["data"] for it in items]
+        assert [d for d in stored if d in self.acked] == self.acked
+        assert not set(stored) & set(self.refused)
+        assert all(stored.count(d) <= 1 for d in self.unknown)
+        assert set(stored) <= set(self.acked) | set(self.unknown)
+
+
+def assert_up(node: NodeProcess) -> None:
+    up = wait_for(lambda: httpx.get(f"{node.base_url}/up", timeout=5).status_code == 200)
+    assert up, "/up never recovered"
+
+
+@pytest.mark.kafka
+def test_a_frozen_broker_fails_publishes_cleanly_and_the_node_recovers(outage: Outage) -> None:
+    node, tally = outage.node, Tally(outage.api)
+    for n in range(3):
+        assert tally.publish(n).status_code == 200
+    outage.freeze()
+    try:
+        for n in range(3, 6):
+            assert tally.publish(n).status_code in CODES
         assert httpx.get(f"{node.base_url}/live", timeout=5).status_code == 200
         assert httpx.get(f"{node.base_url}/up", timeout=5).status_code == 503
     finally:
         outage.thaw()
 
-    # Back: publishes are acknowledged again and the node reports healthy. Each try is a
-    # message of its own: one answered 504 may still be stored.
-    tries = iter(range(100, 1000))
-
-    def accepted() -> bool:
-        n = next(tries)
-        r = publish(api, n)
-        (acked if r.status_code == 200 else unknown if r.status_code == 504 else refused).append(
-            f"m{n}"
-        )
-        return r.status_code == 200
-
-    assert wait_for(accepted), "publishes never recovered"
+    assert tally.until_accepted(), "publishes never recovered"
     for n in range(7, 10):
-        assert publish(api, n).status_code == 200
-        acked.append(f"m{n}")
-    up = wait_for(lambda: httpx.get(f"{node.base_url}/up", timeout=5).status_code == 200)
-    assert up, "/up never recovered"
+        assert tally.publish(n).status_code == 200
+    assert_up(node)
+    tally.assert_stored()
+    assert "Traceback" not in node.log_path.read_text(errors="replace")
 
-    # History: every acknowledged message once, in order, serials without gaps; a refused
-    # (503) one never; one whose outcome was unknown (504) at most once.
-    page = api.history(CHANNEL, limit="100", direction="oldest_first").json()
-    items = page["items"]
-    assert [it["serial"] for it in items] == list(range(1, len(items) + 1))
-    stored = [it["message"]["data"] for it in items]
-    assert [d for d in stored if d in acked] == acked
-    assert not set(stored) & set(refused)
-    assert all(stored.count(d) <= 1 for d in unknown)
-    assert set(stored) <= set(acked) | set(unknown)
-    log = node.log_path.read_text(errors="replace")
-    assert "Traceback" not in log
+
+@pytest.mark.kafka
+def test_a_killed_broker_restarted_on_its_data_loses_nothing_and_its_errors_do_not_flood(
+    outage: Outage,
+) -> None:
+    node, tally = outage.node, Tally(outage.api)
+    for n in range(3):
+        assert tally.publish(n).status_code == 200
+    outage.broker.crash()
+    # Connections are refused at once now: aiokafka's clients retry and complain about it many
+    # times a second (hundreds of ERROR lines in these seconds without the node's filter).
+    outage_began = time.monotonic()
+    n = 10_000
+    while time.monotonic() - outage_began < 6:
+        assert tally.publish(n).status_code in CODES
+        n += 1
+        time.sleep(0.05)
+    assert httpx.get(f"{node.base_url}/up", timeout=5).status_code == 503
+    library_lines = [
+        line
+        for line in node.log_path.read_text(errors="replace").splitlines()
+        if " aiokafka" in line
+    ]
+    assert 0 < len(library_lines) <= 30, library_lines[:50]
+
+    outage.broker.restart()
+    assert tally.until_accepted(), "publishes never recovered"
+    for n in range(7, 10):
+        assert tally.publish(n).status_code == 200
+    assert_up(node)
+    tally.assert_stored()
+    assert "Traceback" not in node.log_path.read_text(errors="replace")
 
 
 @pytest.mark.kafka

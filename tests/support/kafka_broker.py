@@ -353,7 +353,22 @@ class LocalKafkaBroker:
         props = self.workdir / "server.properties"
         props.write_text(render_server_properties(self.port, self.controller_port, data))
         self._format(props)
+        self._launch(props)
 
+    def crash(self) -> None:
+        """SIGKILL the broker: no shutdown, its data dir as a crash leaves it."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            atexit.unregister(self._kill)
+            proc.kill()
+            proc.wait(10)
+
+    def restart(self) -> None:
+        """Start the broker again on the same ports and data (after :meth:`crash`)."""
+        self._kill()
+        self._launch(self.workdir / "server.properties")
+
+    def _launch(self, props: Path) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         with self.log_path.open("ab") as log:
             log.write(_ATTEMPT_MARK + b"\n")
