@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
+from sockudo import inbound
 from sockudo.errors import ApiError
 
 
@@ -13,20 +14,28 @@ def invalid_input(message: str) -> ApiError:
     return ApiError(400, "invalid_input", message)
 
 
-def _reject_constant(name: str) -> Any:
-    # Python's json accepts NaN/Infinity; they are not JSON and could not be re-serialised.
-    raise ValueError(f"invalid JSON constant {name}")
-
-
 def json_object(body: bytes, *, empty_is_object: bool = False) -> dict[str, Any]:
     """The body as a JSON object; ``empty_is_object``: an empty body reads as ``{}``."""
     if empty_is_object and not body:
         return {}
     try:
-        # Strict UTF-8 first: json.loads(bytes) would let encoded surrogates through.
-        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        doc = inbound.loads(body)
+    except inbound.JsonInputError as exc:
+        raise invalid_input(f"Request body must be valid JSON: {exc}") from exc
     except (ValueError, RecursionError) as exc:
         raise invalid_input("Request body must be valid JSON") from exc
     if not isinstance(doc, dict):
         raise invalid_input("Request body must be a JSON object")
     return doc
+
+
+def utf8_header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value read as UTF-8: Starlette decodes header bytes as Latin-1, so a key
+    sent as UTF-8 would otherwise count each of its non-ASCII bytes as a character."""
+    value = headers.get(name)
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise invalid_input(f"{name} must be UTF-8") from None

@@ -12,6 +12,7 @@ from projections.folds.state import DUPLICATE, Outcome
 from sockudo.channels import is_presence_channel
 from sockudo.config import AppConfig
 from sockudo.http import publish_request
+from sockudo.http.body import utf8_header
 from sockudo.http.context import HttpContext, context
 from sockudo.http.rate_limit import BackendRateLimiter
 from sockudo.http.signed import authenticate
@@ -54,7 +55,10 @@ async def publish_events(request: Request) -> Response:
     app_id = request.path_params["app_id"]
     app, body = await authenticate(request, ctx, app_id)
     cmd = publish_request.parse_events_body(
-        body, app, ctx.settings, idempotency_header=request.headers.get("x-idempotency-key")
+        body,
+        app,
+        ctx.settings,
+        idempotency_header=utf8_header(request.headers, "X-Idempotency-Key"),
     )
     _admit(ctx, app, (cmd,))
     outcomes = await ctx.channels.publish(app, _request(cmd))
@@ -82,7 +86,10 @@ async def publish_batch(request: Request) -> Response:
     ctx = context(request)
     app, body = await authenticate(request, ctx, request.path_params["app_id"])
     batch = publish_request.parse_batch_events_body(
-        body, app, ctx.settings, idempotency_header=request.headers.get("x-idempotency-key")
+        body,
+        app,
+        ctx.settings,
+        idempotency_header=utf8_header(request.headers, "X-Idempotency-Key"),
     )
     _admit(ctx, app, batch.items)
     batch_fingerprint = publish_request.fingerprint(batch) if batch.batch_key else None

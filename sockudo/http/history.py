@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from projections.reads.history import DIRECTIONS, MAX_BOUND, HistoryQuery, decode_cursor
+from sockudo import inbound
 from sockudo.channels import resolve_channel_policy, validate_channel_name
 from sockudo.config import AppConfig, Settings
 from sockudo.errors import ApiError
@@ -25,10 +26,9 @@ def _int_param(params: Mapping[str, str], name: str, alias: str | None = None) -
         raw = params.get(alias)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _invalid(f"{name} must be an integer") from None
+    value = inbound.decimal(raw)
+    if value is None:
+        raise _invalid(f"{name} must be an integer")
     if not 0 <= value <= MAX_BOUND:
         raise _invalid(f"{name} must be between 0 and {MAX_BOUND}")
     return value
@@ -46,10 +46,10 @@ def parse_history_query(params: Mapping[str, str], settings: Settings) -> Histor
     cap = settings.history_max_page_size
     limit = cap
     if params.get("limit") is not None:
-        try:
-            limit = int(params["limit"])
-        except ValueError:
-            raise _invalid("History limit must be a positive integer") from None
+        parsed = inbound.decimal(params["limit"])
+        if parsed is None:
+            raise _invalid("History limit must be a positive integer")
+        limit = parsed
         if limit == 0:
             raise _invalid("History limit must be greater than 0")
         if limit < 0:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from projections.reads.recovery import Position
+from sockudo import inbound
 from sockudo.auth import verify_channel_auth, verify_user_auth
 from sockudo.capabilities import TokenGrant
 from sockudo.channels import (
@@ -712,8 +713,8 @@ class Session:
         ):
             raise v1.FrameError(v1.UNAUTHORIZED, "Invalid signin auth signature")
         try:
-            user = json.loads(command.user_data)
-        except ValueError:
+            user = inbound.loads(command.user_data)
+        except (ValueError, RecursionError):
             raise v1.FrameError(v1.UNAUTHORIZED, "user_data must be a JSON object") from None
         user_id = user.get("id") if isinstance(user, dict) else None
         if not isinstance(user_id, str) or not user_id or "\x00" in user_id:
@@ -814,8 +815,8 @@ class Session:
 def parse_channel_data(raw: str, channel: str) -> tuple[str, str | None]:
     """``(user_id, compact user_info JSON or None)`` from presence ``channel_data`` (§3.8)."""
     try:
-        data = json.loads(raw)
-    except ValueError:
+        data = inbound.loads(raw)
+    except (ValueError, RecursionError):
         raise v1.FrameError(v1.MALFORMED, "channel_data must be a JSON object", channel) from None
     if not isinstance(data, dict):
         raise v1.FrameError(v1.MALFORMED, "channel_data must be a JSON object", channel)
@@ -861,8 +862,8 @@ def decode_v2(raw: str | bytes, fmt: wire.WireFormat) -> dict[str, Any]:
 def _object(data: Any, what: str) -> dict[str, Any]:
     if isinstance(data, str):
         try:
-            data = json.loads(data)
-        except ValueError:
+            data = inbound.loads(data)
+        except (ValueError, RecursionError):
             raise v1.FrameError(v1.MALFORMED, f"'data' of {what} must be an object") from None
     if not isinstance(data, dict):
         raise v1.FrameError(v1.MALFORMED, f"'data' of {what} must be an object")
@@ -907,8 +908,8 @@ def parse_rewind(value: Any, channel: str) -> Rewind:
     """``10``, ``"10"``, ``{"count": 10}``, ``{"seconds": 30}``, ``{"duration_seconds": 30}``."""
 
     def positive(v: Any) -> int | None:
-        if isinstance(v, str) and v.isdigit():
-            v = int(v)
+        if isinstance(v, str):
+            v = inbound.decimal(v)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             return None
         return v

@@ -13,10 +13,10 @@ Verification itself (signature, claims, revocations) is the edge's work
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from sockudo import inbound
 from sockudo.capabilities import TokenGrant
 from sockudo.node.tokens import (
     EXPIRED_CLOSE_REASON,
@@ -51,8 +51,8 @@ def token_of(data: Any) -> str:
     """The ``token`` of a ``sockudo:auth`` frame's data (an object, or a JSON string of one)."""
     if isinstance(data, str):
         try:
-            data = json.loads(data)
-        except ValueError:
+            data = inbound.loads(data)
+        except (ValueError, RecursionError):
             data = None
     token = data.get("token") if isinstance(data, dict) else None
     if not isinstance(token, str):

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from sockudo import inbound
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 # Inbound, both prefix families are accepted and routed by the name after the prefix (§2.5).
@@ -117,7 +119,7 @@ def _data_object(envelope: dict[str, Any], event: str) -> dict[str, Any] | str:
         return data
     if isinstance(data, str):
         try:
-            decoded = json.loads(data)
+            decoded = inbound.loads(data)
         except ValueError:
             return data  # a bare string: unsubscribe allows the channel name itself
         if isinstance(decoded, dict):
@@ -143,8 +145,8 @@ def _channel(data: dict[str, Any] | str, event: str) -> str:
 def parse_frame(raw: str | bytes) -> Command:
     """One inbound text (or, leniently, binary UTF-8) frame → a typed command."""
     try:
-        envelope = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        envelope = inbound.loads(raw)
+    except (ValueError, RecursionError):
         raise FrameError(MALFORMED, "Invalid JSON") from None
     if not isinstance(envelope, dict):
         raise FrameError(MALFORMED, "A frame must be a JSON object")

@@ -36,6 +36,8 @@ import msgpack
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from sockudo import inbound
+
 __all__ = [
     "AiExtras",
     "Data",
@@ -66,16 +68,12 @@ class WireError(ValueError):
     """An inbound frame that does not decode in the connection's format (answered with 4000)."""
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
 # Compact, UTF-8 (no \u escapes), and strictly standard JSON both ways: NaN/Infinity would make
 # the spliced JSON text invalid for every other subscriber.
 _dumps: Final[Callable[[Any], str]] = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
-_loads: Final[Callable[[str], Any]] = json.JSONDecoder(parse_constant=_reject_constant).decode
+_loads: Final[Callable[[str | bytes], Any]] = inbound.loads
 _quote: Final[Callable[[str], str]] = encode_basestring
 
 
@@ -836,8 +834,7 @@ def _from_map(obj: dict[Any, Any]) -> list[Any]:
 
 
 def _decode_json(raw: str | bytes) -> Envelope:
-    text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
-    obj = _loads(text)
+    obj = _loads(raw)
     if not isinstance(obj, dict):
         raise WireError("a JSON frame must be an object")
     # JSON has no tagging: a string is string data, any other value (null included: the key is

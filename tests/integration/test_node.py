@@ -174,10 +174,21 @@ def test_malformed_requests_get_their_error_and_the_node_keeps_serving(
             "payload_too_large",
         ),
         (b"x" * (10 * 1024 * 1024 + 1), {}, 413, "payload_too_large"),
+        # A lone surrogate escape makes a name no error message can encode (was a 500).
+        (b'{"name":"ev","channel":"s\\ud800","data":"x"}', {}, 400, "invalid_input"),
+        (b'{"name":"ev","channels":["c","s\\udc00"],"data":"x"}', {}, 400, "invalid_input"),
     ]
     for body, kw, status, code in cases:
         r = api.request("POST", path, body=body, **kw)
         assert (r.status_code, r.json()["code"]) == (status, code), body[:40]
+    batch = b'{"batch":[{"name":"ev","channel":"s\\ud800","data":"x"}]}'
+    r = api.request("POST", f"/apps/{APP_ID}/batch_events", body=batch)
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_input")
+    # Integers are ASCII digits: int() would take these.
+    for bad in ("1_0", "\u0665", "\uff15", " 5", "+5"):
+        for param in ("limit", "start_serial"):
+            r = api.history("c", **{param: bad})
+            assert (r.status_code, r.json()["code"]) == (400, "invalid_input"), (param, bad)
     # A body whose MD5 does not match what was signed.
     query_signed_for = b'{"name":"ev","channel":"c","data":"x"}'
     from sockudo.auth import signed_query_params
@@ -207,6 +218,31 @@ def test_malformed_requests_get_their_error_and_the_node_keeps_serving(
     # Nothing above reached the log: channel "c" has no stream; the node still publishes.
     assert api.history_state("c").json()["stream"]["next_serial"] is None
     assert publish_ok(api, "c", 1)["history_serial"] == 1
+    assert "Traceback" not in node.log_path.read_text(errors="replace")
+
+
+def test_an_idempotency_key_header_is_read_as_utf8(api: SignedClient) -> None:
+    # 64 two-byte characters are 128 UTF-8 bytes: the longest key (spec 01 §5.3). Read as the
+    # Latin-1 Starlette decodes headers as, they were 256 and refused.
+    key = "\u00e9" * 64
+    header = {"X-Idempotency-Key": key.encode()}
+    first = api.publish({"name": "ev", "channel": "idem-utf8", "data": "a"}, headers=header)
+    assert first.status_code == 200, first.text
+    # The same key in the body is the same key: answered from the first, nothing appended.
+    again = api.publish({"name": "ev", "channel": "idem-utf8", "data": "a", "idempotency_key": key})
+    assert again.status_code == 200, again.text
+    assert api.history_state("idem-utf8").json()["stream"]["next_serial"] == 2
+    too_long = {"X-Idempotency-Key": ("\u00e9" * 64 + "x").encode()}
+    r = api.publish({"name": "ev", "channel": "idem-utf8", "data": "b"}, headers=too_long)
+    assert r.status_code == 400, r.text
+    r = api.publish(
+        {"name": "ev", "channel": "idem-utf8", "data": "b"},
+        headers={
+            "X-Idempotency-Key": b"\xe9" * 8  # Latin-1 bytes, not UTF-8
+        },
+    )
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_input")
+    assert api.history_state("idem-utf8").json()["stream"]["next_serial"] == 2
 
 
 def test_cut_short_and_malformed_requests_append_nothing_and_log_no_error(

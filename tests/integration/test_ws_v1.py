@@ -143,9 +143,9 @@ async def test_encrypted_and_cache_channels(client: tuple[ClientConnection, str]
 
 
 async def test_in_band_errors_keep_the_connection_open(
-    client: tuple[ClientConnection, str],
+    client: tuple[ClientConnection, str], node: NodeProcess
 ) -> None:
-    ws, _ = client
+    ws, socket_id = client
     reply = await subscribe(ws, "bad channel!")
     assert (reply["event"], reply["data"]["code"], reply["channel"]) == (
         "pusher:error",
@@ -157,9 +157,26 @@ async def test_in_band_errors_keep_the_connection_open(
     assert (await recv(ws))["data"]["code"] == 4000
     await ws.send(json.dumps({"event": "foo", "data": {}}))
     assert (await recv(ws))["data"]["code"] == 4301
+    # Lone surrogate escapes (no UTF-8 encoder takes them) are malformed frames, wherever they
+    # are: a channel name, client event data, presence channel_data nested in a string.
+    channel_data = '{"user_id":"\\ud800"}'
+    auth = sign_channel_auth(APP_KEY, APP_SECRET, socket_id, "presence-sg", channel_data)
+    for frame in (
+        '{"event":"pusher:subscribe","data":{"channel":"s\\ud800"}}',
+        '{"event":"client-x","channel":"private-sg","data":{"t":"\\udfff"}}',
+        json.dumps(
+            {
+                "event": "pusher:subscribe",
+                "data": {"channel": "presence-sg", "auth": auth, "channel_data": channel_data},
+            }
+        ),
+    ):
+        await ws.send(frame)
+        assert (await recv(ws))["data"]["code"] == 4000, frame
     await ws.send(json.dumps({"event": "pusher:unknown_thing"}))  # ignored, no frame
     await ws.send(json.dumps({"event": "pusher:ping", "data": {}}))
     assert await recv(ws) == {"event": "pusher:pong", "data": {}}
+    assert "Traceback" not in node.log_path.read_text(errors="replace")
 
 
 async def test_unknown_key_and_disabled_app_are_rejected(node: NodeProcess) -> None:

@@ -639,6 +639,35 @@ async def test_invalid_filters_are_4000_and_do_not_subscribe(
         assert (await c.recv()).event == "sockudo:pong"  # open, and the publish never came
 
 
+SURROGATE_FRAMES = [
+    # Each holds a \\ud800-style escape of a lone surrogate, which JSON parsers accept and no
+    # UTF-8 encoder does: each was a traceback and a close 1000 (or a 4100, or no answer).
+    '{"event":"sockudo:subscribe","data":{"channel":"s\\ud800","auth":""}}',
+    '{"event":"sockudo:subscribe","data":{"channel":"sf","auth":"",'
+    '"tags_filter":{"key":"a\\ud800","cmp":"eq","val":"x"}}}',
+    '{"event":"sockudo:subscribe","data":{"channel":"sf","auth":"","filter":"a==\'\\udc00\'"}}',
+    '{"event":"sockudo:channel_history","data":{"channel":"sf","cursor":"\\ud800"}}',
+    '{"event":"sockudo:channel_history","data":{"channel":"sf","request_id":"\\ud800"}}',
+    '{"event":"client-x","channel":"private-sf","data":{"t":"\\udfff"}}',
+]
+
+
+async def test_lone_surrogate_escapes_are_malformed_and_the_socket_stays(
+    node: NodeProcess,
+) -> None:
+    async with connect(v2_url(node, "json")) as raw:
+        c = V2(raw, "json")
+        await c.established()
+        for frame in SURROGATE_FRAMES:
+            await raw.send(frame)
+            error = await c.recv()
+            assert (error.event, value(error)["code"]) == ("sockudo:error", 4000), frame
+        assert (await c.subscribe("sf")).event == "sockudo_internal:subscription_succeeded"
+        await c.send("sockudo:ping", {})
+        assert (await c.recv()).event == "sockudo:pong"
+    assert "Traceback" not in node.log_path.read_text(errors="replace")
+
+
 async def test_presence_update_reaches_v2_members_only(node: NodeProcess) -> None:
     channel = "presence-upd"
     async with (
