@@ -45,6 +45,11 @@ class ProjectionUnavailable(SockudoError):
     """The node's projection database cannot be opened (another process holds it, I/O)."""
 
 
+class ProjectionCorrupt(ProjectionUnavailable):
+    """The projection database failed a read (a block checksum mismatch, say): a scan would
+    otherwise end early as if the data ended there. Rebuild the projection from the log."""
+
+
 class LogError(SockudoError):
     """An operation on the append-only log failed."""
 
@@ -55,6 +60,11 @@ class LogUnavailable(LogError):
     """The record was definitely not written (broker unreachable, log closed)."""
 
     retriable = True
+
+
+class LogCorrupt(LogError):
+    """The log's storage failed a read (a block checksum mismatch, say). Records past the bad
+    block cannot be read and must not be skipped, so reading stops here for good."""
 
 
 class AppendOutcomeUnknown(LogError):

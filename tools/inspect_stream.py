@@ -13,6 +13,7 @@ from typing import Any
 
 from projections.folds.channel import CHANNEL_EVENT_TYPES, ChannelState, RecordContext, fold
 from projections.folds.state import HistoryRow, StreamHead
+from projections.projector import STALL_AHEAD
 from projections.reads.history import read_head, stream_summary
 from projections.store import keys
 from projections.store.kv import KVReader, MemoryKV
@@ -122,6 +123,11 @@ async def inspect_stream(
         ckpt = store.checkpoint(topic, p) if store else None
         stall: Stall | None = store.stall(topic, p) if store else None
         checkpoint = ckpt.position if ckpt else 0
+        if stall is None and checkpoint > end:
+            # The log lost records the projection folded (or was replaced): what the
+            # projection serves cannot be checked against it (spec 05 §7.4).
+            detail = f"checkpoint {checkpoint} > log end {end}"
+            stall = Stall(STALL_AHEAD, checkpoint, detail, 0)
         scan_from = max(start, from_offset or 0)
         reader = event_log.reader(topic, {p: scan_from})
         try:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from projections.projector import Projector
+from projections.projector import STALL_AHEAD, Projector
 from projections.store.rocks import FOLD_VERSION, ProjectionStore
 from sockudo.config import Settings
 from sockudo.errors import SockudoError
@@ -59,9 +59,14 @@ async def replay(
     partitions = await event_log.partitions(topic)
     starts: dict[int, int] = {}
     ends: dict[int, int] = {}
+    ahead: dict[int, str] = {}
     for p in range(partitions):
         starts[p], end = await event_log.bounds(topic, p)
         ends[p] = until[p] if until is not None and p in until else end
+        if ends[p] > end:
+            # The live projection folded records this log does not have: fold what it has.
+            ahead[p] = f"{STALL_AHEAD}: checkpoint {ends[p]} > log end {end}"
+            ends[p] = end
     ProjectionStore.destroy(target)
     store = ProjectionStore(target, bulk_load=True)
     store.set_projection_info({"schema": 1, "fold_version": FOLD_VERSION, "created_from": "log"})
@@ -88,7 +93,7 @@ async def replay(
     finally:
         await reader.close()
     reached = {p: st.position for p, st in projector.state.items()}
-    stalled = {p: s.reason for p, s in projector.stalled().items()}
+    stalled = {p: s.reason for p, s in projector.stalled().items()} | ahead
     store.close()
     return folded, reached, stalled
 

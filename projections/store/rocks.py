@@ -29,7 +29,7 @@ from rocksdict import (
 )
 
 from projections.store import keys
-from sockudo.errors import ProjectionUnavailable
+from sockudo.errors import ProjectionCorrupt, ProjectionUnavailable
 
 _CKPT = struct.Struct(">QqI")
 
@@ -118,25 +118,29 @@ class ProjectionStore:
         self.path = Path(path)
         self.read_only = read_only
         self.bulk_load = bulk_load and not read_only
-        if read_only:
-            if not self.path.exists():
-                raise FileNotFoundError(f"no projection database at {self.path}")
-            self._db = Rdict(
-                str(self.path), Options(raw_mode=True), access_type=AccessType.read_only()
-            )
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            cfs = {name: _cf_options(name) for name in keys.COLUMN_FAMILIES}
-            try:
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no projection database at {self.path}")
+        try:
+            if read_only:
+                self._db = Rdict(
+                    str(self.path), Options(raw_mode=True), access_type=AccessType.read_only()
+                )
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                cfs = {name: _cf_options(name) for name in keys.COLUMN_FAMILIES}
                 self._db = Rdict(str(self.path), _options(), column_families=cfs)
-            except Exception as exc:  # rocksdict raises plain Exception (a lock held, I/O)
-                raise ProjectionUnavailable(
-                    f"cannot open projection at {self.path}: {exc}"
-                ) from None
-        self._cfs = {name: self._db.get_column_family(name) for name in keys.COLUMN_FAMILIES}
-        self._handles = {
-            name: self._db.get_column_family_handle(name) for name in keys.COLUMN_FAMILIES
-        }
+        except Exception as exc:  # rocksdict raises plain Exception (a lock held, corruption)
+            raise ProjectionUnavailable(f"cannot open projection at {self.path}: {exc}") from None
+        try:
+            self._cfs = {name: self._db.get_column_family(name) for name in keys.COLUMN_FAMILIES}
+            self._handles = {
+                name: self._db.get_column_family_handle(name) for name in keys.COLUMN_FAMILIES
+            }
+        except Exception as exc:  # a read-only open of a database that is not a projection
+            self._db.close()
+            raise ProjectionUnavailable(
+                f"{self.path} is not a projection database: {exc}"
+            ) from None
         self._write_opts = WriteOptions()
         self._write_opts.sync = False
         if self.bulk_load:
@@ -151,7 +155,7 @@ class ProjectionStore:
     def scan(
         self, cf: str, start: bytes, end: bytes, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        return _scan(self._cfs[cf].iter(), start, end, reverse)
+        return _scan(self._cfs[cf].iter(), start, end, reverse, cf, self.path)
 
     def scan_window(
         self, cf: str, start: bytes, end: bytes, count: int
@@ -165,6 +169,16 @@ class ProjectionStore:
         )
         if window and window[-1][0] >= end:
             window = [pair for pair in window if pair[0] < end]
+        elif len(window) < count:
+            # The item iterator ends quietly on a read error: make sure this was the end.
+            it = self._cfs[cf].iter()
+            if window:
+                it.seek(window[-1][0])
+                it.next()
+            else:
+                it.seek(start)
+            if not it.valid():
+                _ended(it, self.path, cf)
         return window
 
     def pin(self, cfs: Iterable[str]) -> PinnedView:
@@ -246,10 +260,14 @@ class ProjectionStore:
                 continue
             h = hashlib.sha256()
             n = 0
-            for k, v in self._cfs[cf].items():
-                kb, vb = bytes(k), bytes(v)  # type: ignore[arg-type]  # raw mode: always bytes
+            it = self._cfs[cf].iter()
+            it.seek_to_first()
+            while it.valid():
+                kb, vb = it.key(), it.value()
                 h.update(struct.pack(">I", len(kb)) + kb + struct.pack(">I", len(vb)) + vb)
                 n += 1
+                it.next()
+            _ended(it, self.path, cf)
             out[cf] = f"{h.hexdigest()}:{n}"
         return out
 
@@ -280,7 +298,23 @@ class ProjectionStore:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _scan(it: RdictIter, start: bytes, end: bytes, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+def _ended(it: RdictIter, path: Path | None, cf: str) -> None:
+    """Raise :class:`ProjectionCorrupt` if ``it`` stopped on a read error rather than at the
+    end of the data (RocksDB reports a bad block only through the iterator's status)."""
+    try:
+        it.status()
+    except Exception as exc:  # rocksdict raises plain Exception
+        where = f"projection at {path}" if path is not None else "projection"
+        raise ProjectionCorrupt(
+            f"{where} unreadable in {cf}: {exc}; rebuild it (sockudo-tools rebuild)"
+        ) from None
+
+
+def _scan(
+    it: RdictIter, start: bytes, end: bytes, reverse: bool, cf: str = "", path: Path | None = None
+) -> Iterator[tuple[bytes, bytes]]:
+    """The pairs of ``[start, end)``; a read error ends the scan with :class:`ProjectionCorrupt`
+    instead of a short result."""
     if reverse:
         it.seek_for_prev(end)
         if it.valid() and it.key() >= end:
@@ -299,6 +333,7 @@ def _scan(it: RdictIter, start: bytes, end: bytes, reverse: bool) -> Iterator[tu
                 return
             yield k, it.value()
             it.next()
+    _ended(it, path, cf)
 
 
 class PinnedView:
@@ -330,7 +365,10 @@ class PinnedView:
     def get(self, cf: str, key: bytes) -> bytes | None:
         it = self._take(cf)
         it.seek(key)
-        if it.valid() and it.key() == key:
+        if not it.valid():
+            _ended(it, None, cf)
+            return None
+        if it.key() == key:
             return bytes(it.value())
         return None
 
@@ -340,7 +378,7 @@ class PinnedView:
         it = self._take(cf)
         self._busy.add(cf)
         try:
-            yield from _scan(it, start, end, reverse)
+            yield from _scan(it, start, end, reverse, cf)
         finally:
             self._busy.discard(cf)
 

@@ -14,6 +14,7 @@ from sockudo.errors import (
     FoldTimeout,
     IdempotencyConflict,
     LogUnavailable,
+    ProjectionCorrupt,
     RecordTooLarge,
     StreamNotHealthy,
 )
@@ -44,6 +45,8 @@ def to_api_error(exc: BaseException) -> ApiError:
         return ApiError(413, "payload_too_large", "Event is larger than the log accepts")
     if isinstance(exc, LogUnavailable):
         return ApiError(503, "service_unavailable", "event log unavailable")
+    if isinstance(exc, ProjectionCorrupt):
+        return ApiError(503, "service_unavailable", "projection store unreadable")
     if isinstance(exc, Backpressure):
         return ApiError(
             503, "backpressure", "Projection is behind the log; retry", headers={"Retry-After": "1"}

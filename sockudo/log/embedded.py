@@ -43,10 +43,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rocksdict import AccessType, ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    ColumnFamily,
+    DBRecoveryMode,
+    Options,
+    Rdict,
+    RdictIter,
+    WriteBatch,
+    WriteOptions,
+)
 
 from sockudo.errors import (
     AppendOutcomeUnknown,
+    LogCorrupt,
     LogError,
     LogUnavailable,
     OffsetOutOfRange,
@@ -236,11 +246,31 @@ def _topic_key(topic: str) -> bytes:
     return f"topic/{topic}".encode()
 
 
-def _raw_options() -> Options:
+def _raw_options(*, create: bool) -> Options:
     opts = Options(raw_mode=True)
-    opts.create_if_missing(True)
+    opts.create_if_missing(create)
     opts.create_missing_column_families(True)
+    # A crash can leave a torn last record in the WAL, never an acknowledged one (appends are
+    # acknowledged once synced). Any other damage fails the open: RocksDB's default recovery
+    # would stop at it and drop every record after it without a word.
+    opts.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
     return opts
+
+
+def _has_database_files(path: Path) -> bool:
+    return any(
+        f.suffix in (".sst", ".log") or f.name.startswith("MANIFEST-") for f in path.iterdir()
+    )
+
+
+def _ended(it: RdictIter, where: str) -> None:
+    """Raise :class:`LogCorrupt` if ``it`` stopped on a read error rather than at the end of
+    the data: RocksDB reports a bad block only through the iterator's status, so the scan
+    would otherwise look complete."""
+    try:
+        it.status()
+    except Exception as exc:  # rocksdict raises plain Exception
+        raise LogCorrupt(f"embedded log unreadable {where}: {exc}") from None
 
 
 class EmbeddedLog(LocalTopics[_Topic, _Partition]):
@@ -361,14 +391,29 @@ class EmbeddedLog(LocalTopics[_Topic, _Partition]):
             if self.read_only:
                 if not exists:
                     raise LogUnavailable(f"no embedded log at {self.path}")
-                # error_if_log_file_exist=False: a running node always has a live WAL.
-                db = Rdict(path, Options(raw_mode=True), access_type=AccessType.read_only(False))
+                # The column families as the MANIFEST lists them (rocksdict would otherwise
+                # go by its own options file). error_if_log_file_exist=False: a running node
+                # always has a live WAL.
+                names = Rdict.list_cf(path, Options(raw_mode=True))
+                db = Rdict(
+                    path,
+                    Options(raw_mode=True),
+                    column_families={n: Options(raw_mode=True) for n in names if n != "default"},
+                    access_type=AccessType.read_only(False),
+                )
             else:
                 self.path.mkdir(parents=True, exist_ok=True)
+                if not exists and _has_database_files(self.path):
+                    # Creating a database here would orphan those files (and the next
+                    # start would then serve an empty log): refuse, change nothing.
+                    raise LogUnavailable(
+                        f"embedded log at {self.path} has database files but no CURRENT "
+                        "file: refusing to create a new log over them"
+                    )
                 existing = Rdict.list_cf(path, Options(raw_mode=True)) if exists else []
                 cfs = {name: Options(raw_mode=True) for name in {*existing, _META_CF}}
                 cfs.pop("default", None)
-                db = Rdict(path, _raw_options(), column_families=cfs)
+                db = Rdict(path, _raw_options(create=not exists), column_families=cfs)
         except LogUnavailable:
             raise
         except Exception as exc:
@@ -376,6 +421,16 @@ class EmbeddedLog(LocalTopics[_Topic, _Partition]):
         self._db = db
         if not self.read_only and self.fsync == "always":
             self._wal = WalSync(path)
+        try:
+            self._load_topics(path)
+        except LogError:
+            raise
+        except Exception as exc:  # rocksdict raises plain Exception
+            raise LogUnavailable(f"cannot read embedded log at {self.path}: {exc}") from exc
+
+    def _load_topics(self, path: str) -> None:
+        db = self._db
+        assert db is not None
         cf_names = set(Rdict.list_cf(path, Options(raw_mode=True)))
         if _META_CF not in cf_names:  # read-only open of a log that never had a topic
             return
@@ -408,7 +463,9 @@ class EmbeddedLog(LocalTopics[_Topic, _Partition]):
             # stored start is the end.
             it.seek_for_prev(_KEY.pack(p, _MAX_OFFSET))
             end, last_ts = start, 0
-            if it.valid():
+            if not it.valid():
+                _ended(it, f"at the end of {spec.name}[{p}]")
+            else:
                 found_p, last = _KEY.unpack(it.key())
                 if found_p == p:
                     end = max(start, last + 1)
@@ -801,7 +858,10 @@ def _search_time(cf: Rdict, partition: int, start: int, end: int, ts_ms: int) ->
 
     def first_from(offset: int) -> tuple[int, int] | None:
         it.seek(_KEY.pack(partition, offset))
-        if not it.valid() or it.key() >= upper:
+        if not it.valid():
+            _ended(it, f"from offset {offset} of partition {partition}")
+            return None
+        if it.key() >= upper:
             return None
         return _KEY.unpack(it.key())[1], _frame_timestamp(it.value())
 
@@ -835,6 +895,8 @@ def _compaction_victims(
             newest[key] = offset
             records.append((offset, key, ts, value is None))
         it.next()
+    else:
+        _ended(it, f"in partition {partition}")
     last = end - 1
     doomed = []
     for offset, key, ts, tombstone in records:
@@ -875,6 +937,8 @@ def _scan(
             out.append(_new_record(topic, partition, last, ts, key, value, headers))
             n += 1
             it.next()
+        if not it.valid():
+            _ended(it, f"at offset {last + 1} of {topic}[{partition}]")
         positions[partition] = last + 1 if n == budget else end
     return out, positions
 

@@ -18,7 +18,7 @@ from projections.folds.state import Delivery, Outcome
 from projections.projector import STALL_AHEAD, STALL_TRUNCATED, Projector
 from projections.store import keys
 from projections.store.rocks import Stall
-from sockudo.errors import FoldTimeout, LogError, OffsetOutOfRange
+from sockudo.errors import FoldTimeout, LogCorrupt, LogError, OffsetOutOfRange
 from sockudo.log.base import EventLog, LogReader
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,8 @@ class FoldRunner:
                 except OffsetOutOfRange:
                     await self._stall_truncated()
                     continue
+                except LogCorrupt:
+                    raise  # no retry reads past a bad block, and none may skip it: stop
                 except LogError as exc:
                     log.warning("log read failed on %s: %s; retrying", self.topic, exc)
                     await asyncio.sleep(0.5)

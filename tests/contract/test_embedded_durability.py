@@ -7,6 +7,8 @@ layout, read-only access next to a writer, and what callers see when the disk st
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -18,7 +20,13 @@ from typing import Any
 import pytest
 from rocksdict import Options, Rdict
 
-from sockudo.errors import AppendOutcomeUnknown, LogError, LogUnavailable, TopicMismatch
+from sockudo.errors import (
+    AppendOutcomeUnknown,
+    LogCorrupt,
+    LogError,
+    LogUnavailable,
+    TopicMismatch,
+)
 from sockudo.log.base import LogRecord
 from sockudo.log.embedded import EmbeddedLog, decode_frame, encode_frame
 
@@ -354,3 +362,75 @@ async def test_a_failed_write_stops_the_log_until_reopened(tmp_path: Path) -> No
         assert (await log.append("t", 0, b"k", b"again", timeout_ms=T)).offset == 1
     finally:
         await log.close()
+
+
+# -- damage on disk: refused or reported, never read as a shorter log -------------------------
+
+
+async def _filled_log(path: Path, n: int) -> tuple[EmbeddedLog, list[bytes]]:
+    """A log of ``n`` incompressible records (so they span many blocks), left open."""
+    values = [os.urandom(120).hex().encode() for _ in range(n)]
+    log = EmbeddedLog(path)
+    await log.start()
+    await log.ensure_topic("t", 1, DELETE)
+    for value in values:
+        await log.append("t", 0, b"k", value, timeout_ms=T)
+    return log, values
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _crash_image(log_dir: Path, to: Path) -> Path:
+    """The directory as a crash would leave it: synced WAL, no flush, no clean close."""
+    shutil.copytree(log_dir, to)
+    (to / "LOCK").unlink()
+    return to
+
+
+async def test_a_bad_block_fails_reads_instead_of_ending_them(tmp_path: Path) -> None:
+    log, values = await _filled_log(tmp_path / "log", 400)
+    await log.close()
+    assert [r.value for r in await read_everything(tmp_path / "log")] == values
+    ssts = sorted((tmp_path / "log").glob("*.sst"), key=lambda f: f.stat().st_size)
+    assert ssts, "closing the log writes its records into table files"
+    _flip(ssts[-1], ssts[-1].stat().st_size // 3)  # inside a data block
+    # RocksDB ends an iterator at a bad block as if the data ended there: the reader must say
+    # so, not hand out the records before it and move its position to the log end.
+    with pytest.raises(LogCorrupt, match="unreadable"):
+        await read_everything(tmp_path / "log")
+
+
+async def test_wal_damage_fails_the_open_but_a_torn_tail_does_not(tmp_path: Path) -> None:
+    log, values = await _filled_log(tmp_path / "log", 50)
+    flipped = _crash_image(tmp_path / "log", tmp_path / "flipped")
+    torn = _crash_image(tmp_path / "log", tmp_path / "torn")
+    await log.close()
+    (wal,) = flipped.glob("*.log")
+    _flip(wal, wal.stat().st_size // 2)
+    # RocksDB's default recovery would stop at the damage and drop every record after it.
+    with pytest.raises(LogUnavailable, match=r"[Cc]orrupt"):
+        await read_everything(flipped)
+    # A crash mid-write leaves a torn last record: that one is lost, every other is there.
+    (wal,) = torn.glob("*.log")
+    os.truncate(wal, wal.stat().st_size - 7)
+    stored = await read_everything(torn)
+    assert [r.value for r in stored] == values[: len(stored)]
+    assert len(stored) == len(values) - 1
+
+
+async def test_a_log_without_its_current_file_is_refused_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    log, _ = await _filled_log(tmp_path / "log", 20)
+    image = _crash_image(tmp_path / "log", tmp_path / "image")
+    await log.close()
+    (image / "CURRENT").unlink()
+    before = sorted(f.name for f in image.iterdir())
+    for _ in range(2):  # a supervisor restarts it: the second start must refuse as well
+        with pytest.raises(LogUnavailable, match="no CURRENT"):
+            await EmbeddedLog(image).start()
+        assert sorted(f.name for f in image.iterdir()) == before

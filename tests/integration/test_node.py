@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -308,6 +309,55 @@ def test_a_projection_another_process_holds_is_a_clear_error(tmp_path: Path) -> 
     assert proc.returncode == 1, proc.stderr
     assert "sockudo-node: cannot open projection at " in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_unreadable_data_is_a_clear_error_for_the_node_and_the_tools(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node")
+    node.start()
+    node.stop()
+    projection = node.data_dir / "projection"
+    (projection / "CURRENT").write_bytes(b"")  # RocksDB: "CURRENT file does not end with newline"
+    for args in (("inspect-stream", "--app", APP_ID, "--channel", "c"), ("rebuild", "--verify")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tools.cli", *args, *node.tools_args()],
+            env=node.tools_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 3, (args, proc.stderr)  # spec 05 §7.8: I/O error
+        assert "cannot open projection at " in proc.stderr
+        assert "Traceback" not in proc.stderr
+    shutil.rmtree(projection)
+    projection.write_text("not a directory")
+    proc = run_node_cli(node.env())
+    assert proc.returncode == 1, proc.stderr
+    assert "sockudo-node: cannot open projection at " in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_block_in_the_log_stops_the_node_instead_of_a_shorter_history(
+    tmp_path: Path,
+) -> None:
+    node = NodeProcess(tmp_path / "node")
+    node.start()
+    api = SignedClient(node.base_url, APP_ID, APP_KEY, APP_SECRET)
+    try:
+        for _ in range(300):  # incompressible: they span many blocks of the log's tables
+            r = api.publish({"name": "ev", "channel": "c", "data": os.urandom(120).hex()})
+            assert r.status_code == 200, r.text
+    finally:
+        api.close()
+    node.stop()  # a clean stop writes the log's records into table files
+    table = max((node.data_dir / "log").glob("*.sst"), key=lambda f: f.stat().st_size)
+    data = bytearray(table.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    table.write_bytes(bytes(data))
+    shutil.rmtree(node.data_dir / "projection")  # the fold must read the log again
+    proc = run_node_cli(node.env())
+    # Before: the node came up and served the messages before the bad block as all there were.
+    assert proc.returncode == 1, proc.stderr
+    assert "sockudo-node: stopped: the fold loop failed: embedded log unreadable" in proc.stderr
 
 
 @pytest.mark.parametrize("taken", ["PORT", "METRICS_PORT"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from projections.folds.state import APPLIED, StreamHead
-from projections.projector import STALL_UNDECODABLE
+from projections.projector import STALL_AHEAD, STALL_UNDECODABLE
 from projections.reads.history import HistoryQuery
 from projections.store import keys
 from projections.store.rocks import FOLD_VERSION, ProjectionStore, Stall
@@ -23,6 +24,7 @@ from sockudo.log.partitioning import channel_key, partition_for
 from sockudo.node.runtime import Runtime
 from sockudo.node.services import ChannelService, PublishRequest
 from tools.inspect_stream import EXIT, inspect_stream
+from tools.rebuild import rebuild
 
 
 def settings(tmp_path: Path, partitions: int = 3) -> Settings:
@@ -180,6 +182,44 @@ async def test_projection_ahead_of_a_replaced_embedded_log_is_rebuilt(tmp_path: 
         assert [i["message"]["data"] for i in items] == ["new"]
     finally:
         await runtime.stop()
+
+
+async def test_the_tools_report_a_projection_ahead_of_its_log(tmp_path: Path) -> None:
+    s = settings(tmp_path, partitions=1)
+    runtime = Runtime(s)
+    await runtime.start()
+    try:
+        for i in range(2):
+            await publish(ChannelService(runtime), "chat", f"m{i}")
+    finally:
+        await runtime.stop()
+    shorter = tmp_path / "shorter-log"
+    shutil.copytree(s.embedded_log_dir, shorter)
+    runtime = Runtime(s)
+    await runtime.start()
+    try:
+        for i in range(2, 5):
+            await publish(ChannelService(runtime), "chat", f"m{i}")
+    finally:
+        await runtime.stop()
+    # The log loses its last records (restored from an older copy): the projection is ahead.
+    shutil.rmtree(s.embedded_log_dir)
+    shutil.copytree(shorter, s.embedded_log_dir)
+
+    log = EmbeddedLog(s.embedded_log_dir, read_only=True)
+    await log.start()
+    try:
+        projection = Path(s.projection_dir)
+        report = await inspect_stream(s, log, "app-id", "chat", projection_path=projection)
+        assert (report["verdict"], EXIT[report["verdict"]]) == ("stalled", 2)  # was "ok", 0
+        assert report["projection"]["stall"]["reason"] == STALL_AHEAD
+        # --verify folds what the log has (it waited forever for the lost records) and
+        # reports the partition and the difference.
+        verified = await asyncio.wait_for(rebuild(s, log, projection, verify=True), 30)
+    finally:
+        await log.close()
+    assert verified.stalled[0].startswith(STALL_AHEAD)
+    assert verified.differences
 
 
 async def test_fold_version_change_rebuilds_from_the_log(tmp_path: Path) -> None:
