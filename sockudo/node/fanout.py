@@ -245,7 +245,7 @@ class Fanout:
         return 0
 
     def _close_slow(self, outbox: Outbox) -> None:
-        if outbox.close_request is None:
+        if not outbox.closing:
             self.slow_closed += 1
             log.info("closing slow socket %s: send queue full", outbox.socket_id)
             outbox.request_close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)

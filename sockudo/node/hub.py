@@ -129,6 +129,13 @@ class Outbox:
     def direct(self) -> bool:
         return self._transport is not None
 
+    @property
+    def closing(self) -> bool:
+        """A close was asked for, or the connection is going (the peer left, say): frames
+        are refused for that, not because the socket is slow."""
+        transport = self._transport
+        return self.close_request is not None or (transport is not None and transport.is_closing())
+
     def offer_wire(self, wire: bytes) -> bool:
         """Direct mode: write an already encoded WebSocket frame (shared between sockets).
 

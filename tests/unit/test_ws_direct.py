@@ -158,6 +158,22 @@ async def test_direct_socket_that_stops_reading_is_closed_with_4100(peer: Peer) 
     assert not box.offer("late")  # closing: nothing more is written
 
 
+async def test_a_socket_whose_peer_left_is_not_closed_as_slow(peer: Peer) -> None:
+    hub = Hub()
+    box = Outbox("1.1", APP_ID)
+    box.attach(peer.transport)
+    hub.add(box)
+    hub.subscribe("1.1", "orders")
+    fanout = Fanout(hub)
+    peer.transport.close()  # the peer reset the connection: the endpoint is yet to see it
+    fanout.deliver([delivery(n=1)])
+    fanout.deliver([delivery(n=2), delivery(n=3)])  # through hold/release too
+    # Refused frames, but no "slow socket" close, count or log line (a churn of clients that
+    # left gave one per socket).
+    assert box.closing
+    assert (box.close_request, fanout.slow_closed) == (None, 0)
+
+
 async def test_release_of_an_oversized_batch_closes_instead_of_writing(peer: Peer) -> None:
     box = Outbox("1.1", APP_ID, max_chars=20_000)
     box.attach(peer.transport)
