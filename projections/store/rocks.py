@@ -20,7 +20,7 @@ from typing import cast
 
 from rocksdict import (
     AccessType,
-    BlockBasedOptions,
+    Cache,
     Options,
     Rdict,
     RdictIter,
@@ -29,6 +29,7 @@ from rocksdict import (
 )
 
 from projections.store import keys
+from sockudo import rocksdb_budget
 from sockudo.errors import ProjectionCorrupt, ProjectionUnavailable
 
 _CKPT = struct.Struct(">QqI")
@@ -84,11 +85,11 @@ _MEMTABLE_BLOOM_CFS = frozenset({keys.DEDUP, keys.IDEM, keys.DEAD_NODES})
 """Column families the fold probes once per record, and mostly for keys that are absent."""
 
 
-def _cf_options(name: str | None = None) -> Options:
+def _cf_options(cache: Cache, name: str | None = None) -> Options:
     # Bloom filters: the fold's dedupe and idempotency lookups are mostly misses, which
     # otherwise probe every SST file.
     opts = Options(raw_mode=True)
-    table = BlockBasedOptions()
+    table = rocksdb_budget.table_options(cache)
     table.set_bloom_filter(10, False)
     opts.set_block_based_table_factory(table)
     if name in _MEMTABLE_BLOOM_CFS:
@@ -99,8 +100,8 @@ def _cf_options(name: str | None = None) -> Options:
     return opts
 
 
-def _options() -> Options:
-    opts = _cf_options()
+def _options(cache: Cache) -> Options:
+    opts = rocksdb_budget.bounded(_cf_options(cache))
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     return opts
@@ -127,8 +128,9 @@ class ProjectionStore:
                 )
             else:
                 self.path.mkdir(parents=True, exist_ok=True)
-                cfs = {name: _cf_options(name) for name in keys.COLUMN_FAMILIES}
-                self._db = Rdict(str(self.path), _options(), column_families=cfs)
+                cache = rocksdb_budget.block_cache()
+                cfs = {name: _cf_options(cache, name) for name in keys.COLUMN_FAMILIES}
+                self._db = Rdict(str(self.path), _options(cache), column_families=cfs)
         except Exception as exc:  # rocksdict raises plain Exception (a lock held, corruption)
             raise ProjectionUnavailable(f"cannot open projection at {self.path}: {exc}") from None
         try:

@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 from rocksdict import (
     AccessType,
+    Cache,
     ColumnFamily,
     DBRecoveryMode,
     Options,
@@ -54,6 +55,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from sockudo import rocksdb_budget
 from sockudo.errors import (
     AppendOutcomeUnknown,
     LogCorrupt,
@@ -246,8 +248,9 @@ def _topic_key(topic: str) -> bytes:
     return f"topic/{topic}".encode()
 
 
-def _raw_options(*, create: bool) -> Options:
-    opts = Options(raw_mode=True)
+def _raw_options(cache: Cache, *, create: bool) -> Options:
+    opts = rocksdb_budget.bounded(Options(raw_mode=True))
+    opts.set_block_based_table_factory(rocksdb_budget.table_options(cache))
     opts.create_if_missing(create)
     opts.create_missing_column_families(True)
     # A crash can leave a torn last record in the WAL, never an acknowledged one (appends are
@@ -316,6 +319,7 @@ class EmbeddedLog(LocalTopics[_Topic, _Partition]):
         self._max_record_bytes = max_record_bytes
         self._clock = clock
         self._db: Rdict | None = None
+        self._cache = rocksdb_budget.block_cache()
         self._meta: Rdict | None = None
         self._meta_handle: ColumnFamily | None = None
         self._topics: dict[str, _Topic] = {}
@@ -383,6 +387,11 @@ class EmbeddedLog(LocalTopics[_Topic, _Partition]):
                 asyncio.create_task(self._compaction_loop(), name="embedded-log-compaction")
             )
 
+    def _cf_options(self) -> Options:
+        opts = Options(raw_mode=True)
+        opts.set_block_based_table_factory(rocksdb_budget.table_options(self._cache))
+        return opts
+
     def _open(self) -> None:
         """Open the database and recover every partition's offsets (runs in the writer thread)."""
         path = str(self.path)
@@ -411,9 +420,9 @@ class EmbeddedLog(LocalTopics[_Topic, _Partition]):
                         "file: refusing to create a new log over them"
                     )
                 existing = Rdict.list_cf(path, Options(raw_mode=True)) if exists else []
-                cfs = {name: Options(raw_mode=True) for name in {*existing, _META_CF}}
+                cfs = {name: self._cf_options() for name in {*existing, _META_CF}}
                 cfs.pop("default", None)
-                db = Rdict(path, _raw_options(create=not exists), column_families=cfs)
+                db = Rdict(path, _raw_options(self._cache, create=not exists), column_families=cfs)
         except LogUnavailable:
             raise
         except Exception as exc:
@@ -577,7 +586,7 @@ class EmbeddedLog(LocalTopics[_Topic, _Partition]):
         # A crash between creating the column family and writing the spec leaves an empty
         # family without a spec: reuse it.
         if cf_name not in Rdict.list_cf(str(self.path), Options(raw_mode=True)):
-            db.create_column_family(cf_name, Options(raw_mode=True))
+            db.create_column_family(cf_name, self._cf_options())
         info = {"partitions": spec.partitions, "config": dict(spec.config)}
         self._meta.put(
             _topic_key(spec.name), json.dumps(info, sort_keys=True).encode(), self._sync_opts
