@@ -121,9 +121,16 @@ class Tally:
         assert set(stored) <= set(self.acked) | set(self.unknown)
 
 
-def assert_up(node: NodeProcess) -> None:
+def assert_recovered(node: NodeProcess, tally: Tally) -> None:
+    """Once the broker is back: publishes are acknowledged again, ``/up`` is 200, history
+    holds what :meth:`Tally.assert_stored` requires and the node logged no traceback."""
+    assert tally.until_accepted(), "publishes never recovered"
+    for n in range(7, 10):
+        assert tally.publish(n).status_code == 200
     up = wait_for(lambda: httpx.get(f"{node.base_url}/up", timeout=5).status_code == 200)
     assert up, "/up never recovered"
+    tally.assert_stored()
+    assert "Traceback" not in node.log_path.read_text(errors="replace")
 
 
 @pytest.mark.kafka
@@ -140,12 +147,7 @@ def test_a_frozen_broker_fails_publishes_cleanly_and_the_node_recovers(outage: O
     finally:
         outage.thaw()
 
-    assert tally.until_accepted(), "publishes never recovered"
-    for n in range(7, 10):
-        assert tally.publish(n).status_code == 200
-    assert_up(node)
-    tally.assert_stored()
-    assert "Traceback" not in node.log_path.read_text(errors="replace")
+    assert_recovered(node, tally)
 
 
 @pytest.mark.kafka
@@ -173,12 +175,7 @@ def test_a_killed_broker_restarted_on_its_data_loses_nothing_and_its_errors_do_n
     assert 0 < len(library_lines) <= 30, library_lines[:50]
 
     outage.broker.restart()
-    assert tally.until_accepted(), "publishes never recovered"
-    for n in range(7, 10):
-        assert tally.publish(n).status_code == 200
-    assert_up(node)
-    tally.assert_stored()
-    assert "Traceback" not in node.log_path.read_text(errors="replace")
+    assert_recovered(node, tally)
 
 
 @pytest.mark.kafka
