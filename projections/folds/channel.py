@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from projections.folds.state import (
     APPLIED,
     BINARY_MEMBER,
+    CACHE_TTL_MS,
     CONFLICT,
     DUPLICATE,
     EPHEMERAL,
@@ -59,7 +60,9 @@ from sockudo.fastclass import fast_constructor
 DEDUP_WINDOW_MS = 600_000
 """Event-id dedupe and per-offset outcomes are kept this long in record time (spec 05 §6.6)."""
 _PRUNE_BUCKET_MS = 60_000
-_IDEM_BY_EXPIRY = b"\xff"  # UTF-8 app ids never contain 0xFF, so this region is disjoint.
+_BY_EXPIRY = b"\xff"
+"""Expiry index of the ``idem`` and ``cache`` column families: UTF-8 app ids never contain
+0xFF, so this region is disjoint from their keys."""
 _OFFSET_VALUE = struct.Struct(">QH")  # record time, length of the event id that follows
 
 _E = TypeVar("_E", bound=Any)
@@ -258,7 +261,9 @@ def _publish(state: ChannelState, ctx: RecordContext, ev: MessagePublished) -> F
         # Cache channels keep their last HTTP publish for new subscribers (spec 01 §3.9);
         # client events are not cached (upstream behaviour).
         cached = CachedEvent(ev.name, ev.data, ts)
-        kv.put(keys.CACHE, keys.channel_prefix(ev.app_id, ev.channel), cached.encode())
+        ck = keys.channel_prefix(ev.app_id, ev.channel)
+        kv.put(keys.CACHE, ck, cached.encode())
+        kv.put(keys.CACHE, _cache_expiry_key(ts + CACHE_TTL_MS, ck), b"")
     if idem is not None:
         expires = ts + idem.ttl_ms
         entry = {"f": idem.fingerprint, "x": expires, "at": ctx.offset}
@@ -566,11 +571,16 @@ def _seen(kv: KV, partition: int, dedup_key: bytes) -> Outcome | None:
 
 
 def _idem_expiry_key(expires_ms: int, idem_key: bytes) -> bytes:
-    return _IDEM_BY_EXPIRY + keys.u64(expires_ms) + idem_key
+    return _BY_EXPIRY + keys.u64(expires_ms) + idem_key
+
+
+def _cache_expiry_key(expires_ms: int, ck: bytes) -> bytes:
+    return _BY_EXPIRY + keys.u64(expires_ms) + ck
 
 
 def _prune_expired(kv: KV, ctx: RecordContext) -> None:
-    """Forget outcomes, dedupe entries and idempotency keys that left their window.
+    """Forget outcomes, dedupe entries, idempotency keys and cached events that left their
+    window.
 
     Runs when the record time enters a new minute, so the state after each record depends only
     on the records before it — never on how the consumer happened to batch them.
@@ -592,11 +602,24 @@ def _prune_expired(kv: KV, ctx: RecordContext) -> None:
 
     # Idempotency keys are app-scoped, not partition-scoped: each partition prunes only the
     # keys of channels it owns, so partitions never race over the same entry.
-    expiry_end = _IDEM_BY_EXPIRY + keys.u64(max(bucket_start, 0))
-    for key, _ in list(kv.scan(keys.IDEM, _IDEM_BY_EXPIRY, expiry_end)):
-        idem_key = key[len(_IDEM_BY_EXPIRY) + 8 :]
+    expiry_end = _BY_EXPIRY + keys.u64(max(bucket_start, 0))
+    for key, _ in list(kv.scan(keys.IDEM, _BY_EXPIRY, expiry_end)):
+        idem_key = key[len(_BY_EXPIRY) + 8 :]
         app, _ns_key, channel = idem_key.split(b"\x00", 2)
         if ctx.partitioner(app + b"\x00" + channel, ctx.partitions) != ctx.partition:
             continue
         kv.delete(keys.IDEM, key)
         kv.delete(keys.IDEM, idem_key)
+
+    # A cache channel's last event is served for an hour (spec 01 §3.9); past that it is
+    # dropped, or every cache channel ever published would keep a key. A later publish of the
+    # channel replaced the event (and has an expiry entry of its own): it stays.
+    for key, _ in list(kv.scan(keys.CACHE, _BY_EXPIRY, expiry_end)):
+        ck = key[len(_BY_EXPIRY) + 8 :]
+        if ctx.partitioner(ck[:-1], ctx.partitions) != ctx.partition:
+            continue
+        kv.delete(keys.CACHE, key)
+        cached = kv.get(keys.CACHE, ck)
+        expired_at = bucket_start - CACHE_TTL_MS
+        if cached is not None and CachedEvent.decode(cached).published_at_ms <= expired_at:
+            kv.delete(keys.CACHE, ck)

@@ -34,7 +34,7 @@ from sockudo.errors import ProjectionCorrupt, ProjectionUnavailable
 
 _CKPT = struct.Struct(">QqI")
 
-FOLD_VERSION = 7
+FOLD_VERSION = 8
 """Bump whenever fold output changes: a projection written by another version is rebuilt."""
 
 

@@ -183,6 +183,31 @@ def test_idempotency_key_expires_by_record_time() -> None:
     assert results[2].outcome.history_serial == 2
 
 
+def test_a_cache_channels_event_is_dropped_an_hour_after_its_publish() -> None:
+    kv = MemoryKV()
+    minute = 60_000
+    # Record times one minute apart: "cache-a" published at minute 0, "cache-b" at 0 and again
+    # at 30; then 62 more minutes of other traffic.
+    events = [publish("cache-a", 0), publish("cache-b", 1)]
+    events += [publish("other", n) for n in range(2, 30)]
+    events += [publish("cache-b", 30)]
+    events += [publish("other", n) for n in range(31, 94)]
+
+    def cached(results_upto: int) -> set[str]:
+        state = MemoryKV()
+        run(state, events[:results_upto], step_ms=minute)
+        return {
+            channel
+            for channel in ("cache-a", "cache-b")
+            if state.get(keys.CACHE, keys.channel_prefix("app", channel)) is not None
+        }
+
+    assert cached(61) == {"cache-a", "cache-b"}  # minute 60: not expired yet
+    assert cached(62) == {"cache-b"}  # minute 61: cache-a's hour is over, cache-b republished
+    run(kv, events, step_ms=minute)  # minute 93: both are gone, and so is their index
+    assert list(kv.items(keys.CACHE)) == []
+
+
 def test_reset_opens_a_new_generation_and_restarts_serials() -> None:
     kv = MemoryKV()
     new_id = str(uuid.uuid4())
