@@ -169,6 +169,11 @@ class EventLog(Protocol):
         ...
 
     @property
+    def shared(self) -> bool:
+        """Whether other nodes append to this log too (and may declare this one dead)."""
+        ...
+
+    @property
     def failure(self) -> BaseException | None:
         """What stopped this log for good in this process, or ``None``.
 

@@ -561,6 +561,10 @@ class EmbeddedLog(LocalTopics[_Topic, _Partition]):
     # -- topics --------------------------------------------------------------------------
 
     @property
+    def shared(self) -> bool:
+        return False  # one process writes it (RocksDB's lock)
+
+    @property
     def failure(self) -> BaseException | None:
         return self._failure
 

@@ -242,6 +242,10 @@ class KafkaLog:
     # -- topics --------------------------------------------------------------------------
 
     @property
+    def shared(self) -> bool:
+        return True
+
+    @property
     def failure(self) -> BaseException | None:
         return None  # a broker outage passes: appends fail meanwhile, then go on
 

@@ -91,6 +91,10 @@ class MemoryLog(LocalTopics[_Topic, _Partition]):
             raise LogUnavailable("memory log is not started (or already closed)")
 
     @property
+    def shared(self) -> bool:
+        return True  # in-process nodes may share one (tests of the cluster do)
+
+    @property
     def failure(self) -> BaseException | None:
         return None  # memory does not fail
 

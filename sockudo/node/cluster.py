@@ -231,7 +231,13 @@ class ClusterService:
         incarnation = self.incarnation
         if self._folded_own_death(incarnation):
             await self.fence(incarnation, "its node.dead was folded")
-        elif self._last_ok is not None and self._clock() - self._last_ok > self.fence_after_s:
+        elif (
+            self.runtime.log.shared
+            and self._last_ok is not None
+            and self._clock() - self._last_ok > self.fence_after_s
+        ):
+            # Only on a shared log can another node have declared this one dead meanwhile:
+            # a lone node (the embedded log) that stalled for a while has nothing to fence.
             gap = self._clock() - self._last_ok
             await self.fence(incarnation, f"no heartbeat appended for {gap:.1f}s")
 

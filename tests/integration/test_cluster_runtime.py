@@ -40,6 +40,11 @@ class SharedLog(MemoryLog):
     """One log for several in-process nodes; ``nodes_down`` makes ``nodes`` appends fail."""
 
     nodes_down = False
+    shared_with_others = True
+
+    @property
+    def shared(self) -> bool:
+        return self.shared_with_others
 
     async def close(self) -> None:
         """Shared: a stopping node does not close it for the others."""
@@ -217,6 +222,20 @@ async def test_failed_heartbeats_fence_and_the_old_incarnation_is_cleaned(
     await eventually(lambda: not a.member("u1"), within=2.0)
     assert a.folded_dead(old)
     assert a.cluster.fences == 1
+
+
+async def test_a_lone_node_whose_heartbeats_fail_does_not_fence(cluster: Cluster) -> None:
+    # The embedded log has one writer: nobody can have declared the node dead meanwhile, so a
+    # stall past the fence time (a GC or VM pause) must not close every socket.
+    cluster.log.shared_with_others = False
+    a = await cluster.node("node-a")
+    await a.connections.join(a.app, CHANNEL, "1.1", "u1", None)
+    cluster.log.nodes_down = True
+    await asyncio.sleep(a.cluster.fence_after_s * 3)
+    await a.cluster.check_fenced()
+    assert (a.cluster.fences, a.hub.closes) == (0, [])
+    cluster.log.nodes_down = False
+    assert a.member("u1")
 
 
 async def test_a_graceful_stop_is_declared_without_waiting_for_the_timeout(
