@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -62,6 +63,9 @@ class ConnectionService:
         self.channels = channels
         self.runtime = channels.runtime
         self.settings = channels.settings
+        self._joining: dict[tuple[str, str], Counter[str]] = {}
+        """Users whose join of (app, channel) this node appended and has not seen folded yet:
+        the member limit counts them, or joins that arrive together would all pass it."""
 
     def _origin(self, socket_id: str | None = None, user_id: str | None = None) -> Origin:
         return Origin(
@@ -93,13 +97,36 @@ class ConnectionService:
             "retention": retention,
         }
 
+    def admits(self, app: AppConfig, channel: str, user_id: str) -> bool:
+        """Whether the member limit lets ``user_id`` join ``channel`` (spec 01 §3.8): a user
+        already present (another tab) always; else while fewer distinct users than the limit
+        are members or joining through this node."""
+        limit = app.limits.max_presence_members_per_channel
+        if not limit or self.is_member(app, channel, user_id):
+            return True
+        joining = self._joining.get((app.id, channel), ())
+        if user_id in joining:
+            return True
+        pending = sum(1 for u in joining if not self.is_member(app, channel, u))
+        return self.channels.presence_user_count(app, channel) + pending < limit
+
     async def join(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, user_info_json: str | None
     ) -> Outcome:
         fields = self._presence_fields(app, channel, socket_id, user_id)
-        return await self.channels.append_and_wait(
-            PresenceMemberJoined(**fields, user_info_json=user_info_json)
-        )
+        key = (app.id, channel)
+        joining = self._joining.setdefault(key, Counter())
+        joining[user_id] += 1
+        try:
+            return await self.channels.append_and_wait(
+                PresenceMemberJoined(**fields, user_info_json=user_info_json)
+            )
+        finally:
+            joining[user_id] -= 1
+            if joining[user_id] <= 0:
+                del joining[user_id]
+            if not joining:
+                del self._joining[key]
 
     async def leave(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, cause: str

@@ -127,13 +127,7 @@ async def _presence_join(effect: PresenceJoin, env: SocketEnv) -> None:
     app, session, channel = env.app, env.session, effect.channel
     services = env.connections
     if not effect.rejoin:
-        limit = app.limits.max_presence_members_per_channel
-        # A user already present (another tab) is always admitted (spec 01 §3.8).
-        if (
-            limit
-            and not services.is_member(app, channel, effect.user_id)
-            and services.channels.presence_user_count(app, channel) >= limit
-        ):
+        if not services.admits(app, channel, effect.user_id):
             session.presence_failed(channel)
             env.outbox.offer(env.outbox.egress.error(v1.OVER_CAPACITY, "Over capacity", channel))
             return

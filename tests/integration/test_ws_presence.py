@@ -188,6 +188,23 @@ async def test_member_limit_admits_existing_users_only(clients: Clients) -> None
     assert (await recv(c))["data"]["code"] == 4301
 
 
+async def test_member_limit_holds_when_users_join_at_once(clients: Clients) -> None:
+    room = "presence-rush"
+    sockets = [await clients.open("limits-key") for _ in range(8)]
+    from sockudo.auth import sign_channel_auth
+
+    for n, (ws, sid) in enumerate(sockets):  # every subscribe is sent before any answer
+        data = json.dumps({"user_id": f"rush-{n}"})
+        auth = sign_channel_auth("limits-key", "limits-secret", sid, room, data)
+        subscribe = {"channel": room, "auth": auth, "channel_data": data}
+        await ws.send(json.dumps({"event": "pusher:subscribe", "data": subscribe}))
+    answers = [event_of(await recv(ws)) for ws, _ in sockets]
+    # Joins in flight count: before, every join checked the folded count alone and 5-8 of
+    # these got in past the limit of 2.
+    assert answers.count("pusher_internal:subscription_succeeded") == 2, answers
+    assert answers.count("pusher:error") == 6, answers
+
+
 # --- client events ------------------------------------------------------------------------------
 
 
