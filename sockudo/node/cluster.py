@@ -216,6 +216,8 @@ class ClusterService:
             return
         if incarnation == self.incarnation:
             self._last_ok = self._clock()
+        # The log answers again: presence leaves it refused meanwhile go now.
+        await self.connections.pay_owed_leaves()
 
     def _subscriptions(self) -> dict[str, int]:
         out: dict[str, int] = {}

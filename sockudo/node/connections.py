@@ -20,7 +20,7 @@ from projections.reads import presence as presence_reads
 from projections.store import keys
 from sockudo.channels import resolve_channel_policy
 from sockudo.config import AppConfig
-from sockudo.errors import FoldTimeout
+from sockudo.errors import FoldTimeout, SockudoError
 from sockudo.events.channel import Flags, MessagePublished, Origin, Retention
 from sockudo.events.presence import (
     NodeDeclaredDead,
@@ -63,6 +63,11 @@ class ConnectionService:
         self.channels = channels
         self.runtime = channels.runtime
         self.settings = channels.settings
+        self._owed_leaves: dict[tuple[str, str, str], tuple[AppConfig, str, str]] = {}
+        """Leaves not yet in the log, by (app id, channel, socket id) → (app, user id, cause):
+        ones the log refused, and ones owed after a join whose outcome is unknown (it may have
+        landed although the client was told it failed). :meth:`pay_owed_leaves` appends them
+        once the log answers again, so no member outlives its socket."""
         self._joining: dict[tuple[str, str], Counter[str]] = {}
         """Users whose join of (app, channel) this node appended and has not seen folded yet:
         the member limit counts them, or joins that arrive together would all pass it."""
@@ -118,9 +123,12 @@ class ConnectionService:
         joining = self._joining.setdefault(key, Counter())
         joining[user_id] += 1
         try:
-            return await self.channels.append_and_wait(
+            outcome = await self.channels.append_and_wait(
                 PresenceMemberJoined(**fields, user_info_json=user_info_json)
             )
+            # Joined now: an earlier unknown join of this socket is this membership.
+            self._owed_leaves.pop((app.id, channel, socket_id), None)
+            return outcome
         finally:
             joining[user_id] -= 1
             if joining[user_id] <= 0:
@@ -132,7 +140,34 @@ class ConnectionService:
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, cause: str
     ) -> None:
         fields = self._presence_fields(app, channel, socket_id, user_id)
-        await self.channels.append(PresenceMemberLeft(**fields, cause=cause))
+        try:
+            await self.channels.append(PresenceMemberLeft(**fields, cause=cause))
+        except SockudoError:
+            self.owe_leave(app, channel, socket_id, user_id, cause)
+            raise
+
+    def owe_leave(
+        self, app: AppConfig, channel: str, socket_id: str, user_id: str, cause: str
+    ) -> None:
+        """Append this leave later (:meth:`pay_owed_leaves`): the log is away, or a join's
+        outcome is unknown. A leave of a connection that is not a member changes nothing."""
+        self._owed_leaves[(app.id, channel, socket_id)] = (app, user_id, cause)
+
+    async def pay_owed_leaves(self) -> int:
+        """Append the owed leaves, oldest first, until the log refuses one; how many went."""
+        paid = 0
+        for key, (app, user_id, cause) in list(self._owed_leaves.items()):
+            _app_id, channel, socket_id = key
+            fields = self._presence_fields(app, channel, socket_id, user_id)
+            try:
+                await self.channels.append(PresenceMemberLeft(**fields, cause=cause))
+            except SockudoError as exc:
+                log.warning("owed presence leaves wait for the log: %s", exc)
+                break
+            if self._owed_leaves.get(key) == (app, user_id, cause):
+                del self._owed_leaves[key]
+            paid += 1
+        return paid
 
     async def update(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, user_info_json: str

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from projections.folds.state import IGNORED
 from projections.reads.presence import subscription_data
 from sockudo.config import AppConfig
-from sockudo.errors import SockudoError
+from sockudo.errors import AppendOutcomeUnknown, FoldTimeout, SockudoError
 from sockudo.node.connections import ClientEvent, ConnectionService
 from sockudo.node.hub import Hub, Outbox
 from sockudo.node.replay import HotReplay
@@ -116,6 +116,12 @@ async def run(effect: Effect, env: SocketEnv) -> None:
         log.warning("effect %s of %s failed: %s", type(effect).__name__, env.outbox.socket_id, exc)
         if isinstance(effect, PresenceJoin) and not effect.rejoin:
             env.session.presence_failed(effect.channel)
+            if isinstance(exc, AppendOutcomeUnknown | FoldTimeout):
+                # The join may be in the log although this client is told it failed: its
+                # leave is owed, or the member would outlive the socket.
+                env.connections.owe_leave(
+                    env.app, effect.channel, env.session.socket_id, effect.user_id, "unsubscribe"
+                )
         target: str | None = getattr(effect, "channel", None)
         code = v1.CLIENT_EVENT_ERROR if isinstance(effect, PublishClientEvent) else 4100
         env.outbox.offer(

@@ -20,7 +20,7 @@ import pytest
 from projections.reads import presence as presence_reads
 from projections.store import keys
 from sockudo.config import AppConfig, load_settings
-from sockudo.errors import LogUnavailable
+from sockudo.errors import AppendOutcomeUnknown, LogUnavailable
 from sockudo.events.channel import Origin
 from sockudo.events.presence import NodeDeclaredDead, PresenceMemberJoined
 from sockudo.log.base import AppendResult
@@ -40,6 +40,8 @@ class SharedLog(MemoryLog):
     """One log for several in-process nodes; ``nodes_down`` makes ``nodes`` appends fail."""
 
     nodes_down = False
+    channels_down = False
+    acks_lost = False
     shared_with_others = True
 
     @property
@@ -61,7 +63,12 @@ class SharedLog(MemoryLog):
     ) -> AppendResult:
         if self.nodes_down and topic.endswith(".nodes"):
             raise LogUnavailable("nodes topic unreachable (test)")
-        return await super().append(topic, partition, key, value, headers, timeout_ms=timeout_ms)
+        if self.channels_down and topic.endswith(".channel-events"):
+            raise LogUnavailable("channel events unreachable (test)")
+        result = await super().append(topic, partition, key, value, headers, timeout_ms=timeout_ms)
+        if self.acks_lost and topic.endswith(".channel-events"):
+            raise AppendOutcomeUnknown("stored, but the acknowledgement was lost (test)")
+        return result
 
 
 class RecordingHub(Hub):
@@ -236,6 +243,32 @@ async def test_a_lone_node_whose_heartbeats_fail_does_not_fence(cluster: Cluster
     assert (a.cluster.fences, a.hub.closes) == (0, [])
     cluster.log.nodes_down = False
     assert a.member("u1")
+
+
+async def test_presence_leaves_the_log_missed_are_appended_once_it_answers(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    await a.connections.join(a.app, CHANNEL, "1.1", "u1", None)
+    await eventually(lambda: b.member("u1"))
+    # The socket leaves while the log is away: the leave fails, and is owed.
+    cluster.log.channels_down = True
+    with pytest.raises(LogUnavailable):
+        await a.connections.leave(a.app, CHANNEL, "1.1", "u1", "disconnect")
+    await asyncio.sleep(HEARTBEAT_MS * 3 / 1000)
+    assert b.member("u1")
+    cluster.log.channels_down = False
+    # A join the client was told failed (the acknowledgement was lost) may be in the log: the
+    # socket's leave is owed at once (the WebSocket effect does this on such a failure).
+    cluster.log.acks_lost = True
+    with pytest.raises(AppendOutcomeUnknown):
+        await a.connections.join(a.app, CHANNEL, "1.2", "u2", None)
+    cluster.log.acks_lost = False
+    a.connections.owe_leave(a.app, CHANNEL, "1.2", "u2", "unsubscribe")
+    # Both go with the next heartbeat: no member outlives its socket (before: u1 for good).
+    await eventually(lambda: not b.member("u1") and not b.member("u2"), within=2.0)
+    assert await a.connections.pay_owed_leaves() == 0
 
 
 async def test_a_graceful_stop_is_declared_without_waiting_for_the_timeout(
