@@ -48,9 +48,9 @@ async def list_channels(request: Request) -> Response:
     info = _info(request, _LIST_INFO)
     if "user_count" in info and not prefix.startswith("presence-"):
         raise _invalid("user_count may only be requested with filter_by_prefix=presence-")
-    local = ctx.hub.channels(app.id)
-    # Presence channels are occupied cluster-wide by their members (the presence projection);
-    # other channels by this node's subscribers.
+    # Occupied cluster-wide: by members (the presence projection) or by subscribers on any
+    # node (this node's sockets, the others' from their heartbeats).
+    local = ctx.subscriptions(app.id)
     members = ctx.channels.presence_channels(app, prefix)
     channels: dict[str, dict[str, Any]] = {}
     for channel in sorted(set(local) | set(members)):
@@ -73,7 +73,7 @@ async def get_channel(request: Request) -> Response:
     presence = is_presence_channel(channel)
     if "user_count" in info and not presence:
         raise _invalid("user_count is only available for presence channels")
-    subscriptions = ctx.hub.subscription_count(app.id, channel)
+    subscriptions = ctx.subscription_count(app.id, channel)
     users = ctx.channels.presence_user_count(app, channel) if presence else 0
     out: dict[str, Any] = {"occupied": subscriptions > 0 or users > 0}
     if "subscription_count" in info:

@@ -35,6 +35,20 @@ class HttpContext:
     """Per-IP API limiter (``rate_limiter.enabled``); ``None`` when off."""
     ws_limiter: IpRateLimiter | None = None
     """Per-IP WebSocket connect limiter; ``None`` when off."""
+    remote_subscriptions: Callable[[str], dict[str, int]] = lambda app_id: {}
+    """Other nodes' subscribers per channel of an app (the cluster view, from heartbeats)."""
+
+    def subscriptions(self, app_id: str) -> dict[str, int]:
+        """Subscribers per occupied channel of ``app_id`` on every node (spec 01 §6)."""
+        out = dict(self.hub.channels(app_id))
+        for channel, count in self.remote_subscriptions(app_id).items():
+            out[channel] = out.get(channel, 0) + count
+        return out
+
+    def subscription_count(self, app_id: str, channel: str) -> int:
+        """Subscribers of one channel on every node."""
+        remote = self.remote_subscriptions(app_id).get(channel, 0)
+        return self.hub.subscription_count(app_id, channel) + remote
 
     def __post_init__(self) -> None:
         if self.connections is None:

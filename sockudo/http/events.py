@@ -139,11 +139,10 @@ def _request(cmd: publish_request.PublishCommand) -> PublishRequest:
 def _counts(
     ctx: HttpContext, app: AppConfig, cmd: publish_request.PublishCommand, channel: str
 ) -> dict[str, Any]:
-    """The ``info`` counts of one channel: subscribers (this node), presence users (cluster)."""
+    """The ``info`` counts of one channel, cluster-wide: subscribers, presence users."""
     entry: dict[str, Any] = {}
     if "subscription_count" in cmd.info:
-        # This node's sockets only: cross-node counts need the cluster view (later issue).
-        entry["subscription_count"] = ctx.hub.subscription_count(app.id, channel)
+        entry["subscription_count"] = ctx.subscription_count(app.id, channel)
     if "user_count" in cmd.info and is_presence_channel(channel):
         entry["user_count"] = ctx.channels.presence_user_count(app, channel)
     return entry

@@ -228,6 +228,10 @@ class ClusterService:
                 out[f"{app_id}\x00{channel}"] = count
         return out
 
+    def remote_subscriptions(self, app_id: str) -> dict[str, int]:
+        """Other live nodes' subscribers per channel of ``app_id`` (from their heartbeats)."""
+        return self.membership.subscriptions(app_id, self._clock())
+
     async def check_fenced(self) -> None:
         """Fence when this incarnation was declared dead or could not heartbeat in time."""
         incarnation = self.incarnation

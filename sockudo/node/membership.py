@@ -114,6 +114,20 @@ class Membership:
         found.add(self.own)
         return sorted(found)
 
+    def subscriptions(self, app_id: str, now: float) -> dict[str, int]:
+        """The other live nodes' subscribers per channel of ``app_id``, as their latest
+        heartbeats gave them (at most one heartbeat interval old)."""
+        prefix = app_id + "\x00"
+        out: dict[str, int] = {}
+        for peer in self.peers.values():
+            if not self.is_live(peer, now):
+                continue
+            for key, count in peer.subscriptions.items():
+                if key.startswith(prefix):
+                    channel = key[len(prefix) :]
+                    out[channel] = out.get(channel, 0) + count
+        return out
+
     def cleaner(self, now: float) -> str:
         return self.live(now)[0]
 

@@ -317,6 +317,38 @@ async def test_a_v2_client_on_b_gets_a_publish_via_a_quickly(
     assert statistics.median(latencies) < 0.25, latencies
 
 
+async def test_channel_state_counts_subscribers_on_every_node(
+    cluster: Cluster, stack: AsyncExitStack
+) -> None:
+    """Spec 01 §6: channel state is cluster-wide, other nodes' sockets from their heartbeats
+    (before: each node counted its own, so A said B's channel was not occupied)."""
+    channel = "counted-everywhere"
+    for node in (cluster.b, cluster.b, cluster.a):
+        await v2_subscribe(await v2(stack, node), channel)
+
+    def counts(api: SignedClient) -> tuple[Any, ...]:
+        one = api.request(
+            "GET",
+            f"/apps/{APP_ID}/channels/{channel}",
+            params={"info": "subscription_count"},
+        ).json()
+        listed = api.request(
+            "GET", f"/apps/{APP_ID}/channels", params={"info": "subscription_count"}
+        ).json()["channels"]
+        published = publish(api, channel, "count")["subscription_count"]
+        return one["occupied"], one["subscription_count"], listed.get(channel), published
+
+    expected = (True, 3, {"subscription_count": 3}, 3)
+    deadline = time.monotonic() + 20  # a heartbeat interval (5 s) and its fold
+    seen: list[tuple[Any, ...]] = []
+    while time.monotonic() < deadline:
+        seen = [await asyncio.to_thread(counts, api) for api in (cluster.api_a, cluster.api_b)]
+        if seen == [expected, expected]:
+            break
+        await asyncio.sleep(0.5)
+    assert seen == [expected, expected]
+
+
 async def test_client_events_and_socket_exclusion_cross_nodes(
     cluster: Cluster, stack: AsyncExitStack
 ) -> None:
