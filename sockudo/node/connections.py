@@ -139,12 +139,17 @@ class ConnectionService:
     async def leave(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, cause: str
     ) -> None:
-        fields = self._presence_fields(app, channel, socket_id, user_id)
         try:
-            await self.channels.append(PresenceMemberLeft(**fields, cause=cause))
+            await self._append_leave(app, channel, socket_id, user_id, cause)
         except SockudoError:
             self.owe_leave(app, channel, socket_id, user_id, cause)
             raise
+
+    async def _append_leave(
+        self, app: AppConfig, channel: str, socket_id: str, user_id: str, cause: str
+    ) -> None:
+        fields = self._presence_fields(app, channel, socket_id, user_id)
+        await self.channels.append(PresenceMemberLeft(**fields, cause=cause))
 
     def owe_leave(
         self, app: AppConfig, channel: str, socket_id: str, user_id: str, cause: str
@@ -158,9 +163,8 @@ class ConnectionService:
         paid = 0
         for key, (app, user_id, cause) in list(self._owed_leaves.items()):
             _app_id, channel, socket_id = key
-            fields = self._presence_fields(app, channel, socket_id, user_id)
             try:
-                await self.channels.append(PresenceMemberLeft(**fields, cause=cause))
+                await self._append_leave(app, channel, socket_id, user_id, cause)
             except SockudoError as exc:
                 log.warning("owed presence leaves wait for the log: %s", exc)
                 break
