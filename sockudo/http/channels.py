@@ -50,17 +50,17 @@ async def list_channels(request: Request) -> Response:
         raise _invalid("user_count may only be requested with filter_by_prefix=presence-")
     # Occupied cluster-wide: by members (the presence projection) or by subscribers on any
     # node (this node's sockets, the others' from their heartbeats).
-    local = ctx.subscriptions(app.id)
+    subscribed = ctx.subscriptions(app.id)
     members = ctx.channels.presence_channels(app, prefix)
     channels: dict[str, dict[str, Any]] = {}
-    for channel in sorted(set(local) | set(members)):
+    for channel in sorted(set(subscribed) | set(members)):
         if not channel.startswith(prefix):
             continue
         entry: dict[str, Any] = {}
         if "user_count" in info and is_presence_channel(channel):
             entry["user_count"] = members.get(channel, 0)
         if "subscription_count" in info:
-            entry["subscription_count"] = local.get(channel, 0)
+            entry["subscription_count"] = subscribed.get(channel, 0)
         channels[channel] = entry
     return JSONResponse({"channels": channels})
 

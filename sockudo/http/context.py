@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from starlette.requests import Request
 
@@ -15,6 +16,25 @@ from sockudo.node.hub import Hub
 from sockudo.node.replay import HotReplay
 from sockudo.node.services import ChannelService
 from sockudo.node.watchlist import Watchlists
+
+
+class PeerSubscriptions(Protocol):
+    """Other live nodes' subscribers, per channel of an app (``ClusterService``)."""
+
+    def remote_subscriptions(self, app_id: str) -> dict[str, int]: ...
+
+    def remote_subscription_count(self, app_id: str, channel: str) -> int: ...
+
+
+class _NoPeers:
+    def remote_subscriptions(self, app_id: str) -> dict[str, int]:
+        return {}
+
+    def remote_subscription_count(self, app_id: str, channel: str) -> int:
+        return 0
+
+
+NO_PEERS: PeerSubscriptions = _NoPeers()
 
 
 @dataclass(slots=True)
@@ -35,19 +55,19 @@ class HttpContext:
     """Per-IP API limiter (``rate_limiter.enabled``); ``None`` when off."""
     ws_limiter: IpRateLimiter | None = None
     """Per-IP WebSocket connect limiter; ``None`` when off."""
-    remote_subscriptions: Callable[[str], dict[str, int]] = lambda app_id: {}
-    """Other nodes' subscribers per channel of an app (the cluster view, from heartbeats)."""
+    peers: PeerSubscriptions = NO_PEERS
+    """Other nodes' subscribers (the cluster view, from heartbeats); set by the node."""
 
     def subscriptions(self, app_id: str) -> dict[str, int]:
         """Subscribers per occupied channel of ``app_id`` on every node (spec 01 §6)."""
         out = dict(self.hub.channels(app_id))
-        for channel, count in self.remote_subscriptions(app_id).items():
+        for channel, count in self.peers.remote_subscriptions(app_id).items():
             out[channel] = out.get(channel, 0) + count
         return out
 
     def subscription_count(self, app_id: str, channel: str) -> int:
         """Subscribers of one channel on every node."""
-        remote = self.remote_subscriptions(app_id).get(channel, 0)
+        remote = self.peers.remote_subscription_count(app_id, channel)
         return self.hub.subscription_count(app_id, channel) + remote
 
     def __post_init__(self) -> None:

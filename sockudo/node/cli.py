@@ -107,7 +107,7 @@ async def run_node(settings: Settings) -> None:
     # Heartbeats start before the first socket, so every presence join comes from an
     # incarnation the cluster has heard of (spec 05 §9.3).
     cluster = ClusterService(runtime, app.state.ctx.connections, hub)
-    app.state.ctx.remote_subscriptions = cluster.remote_subscriptions
+    app.state.ctx.peers = cluster
     await cluster.start()
     await declare_orphans_dead(app.state.ctx.connections, cluster)
     tune_gc()

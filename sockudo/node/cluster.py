@@ -232,6 +232,10 @@ class ClusterService:
         """Other live nodes' subscribers per channel of ``app_id`` (from their heartbeats)."""
         return self.membership.subscriptions(app_id, self._clock())
 
+    def remote_subscription_count(self, app_id: str, channel: str) -> int:
+        """Other live nodes' subscribers of one channel (a lookup per peer, not a scan)."""
+        return self.membership.subscription_count(app_id, channel, self._clock())
+
     async def check_fenced(self) -> None:
         """Fence when this incarnation was declared dead or could not heartbeat in time."""
         incarnation = self.incarnation

@@ -128,6 +128,11 @@ class Membership:
                     out[channel] = out.get(channel, 0) + count
         return out
 
+    def subscription_count(self, app_id: str, channel: str, now: float) -> int:
+        """The other live nodes' subscribers of one channel (see :meth:`subscriptions`)."""
+        key = f"{app_id}\x00{channel}"
+        return sum(p.subscriptions.get(key, 0) for p in self.peers.values() if self.is_live(p, now))
+
     def cleaner(self, now: float) -> str:
         return self.live(now)[0]
 
